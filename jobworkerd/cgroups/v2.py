@@ -1,0 +1,172 @@
+"""cgroup v2 (unified hierarchy), hand-written.
+
+Delegation: cgroup v2 forbids processes in a cgroup whose subtree_control enables controllers
+("no internal processes"), so at setup this process moves itself from its own cgroup into
+<own>/supervisor, then enables cpu, memory, io and pids for <own>/<subtree>/jobs and below.
+Under systemd that own cgroup is the unit's, handed over by Delegate=yes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InternalError
+from ..worker.models import IOTarget, Limits, Usage
+from .base import (
+    CFS_PERIOD_US,
+    JOBS_DIR,
+    CgroupBackend,
+    cpu_quota_us,
+    kill_until_empty,
+    read_file,
+    read_keyed,
+    read_pids,
+    remove_dir,
+    write_file,
+)
+
+CONTROLLERS = ("cpu", "memory", "io", "pids")
+SUPERVISOR_DIR = "supervisor"
+
+
+class V2Backend(CgroupBackend):
+    version = "v2"
+
+    def __init__(self, mount: str, own: str, subtree: str = ""):
+        self.own_dir = os.path.normpath(os.path.join(mount, own.lstrip("/")))
+        self.jobs_dir = os.path.normpath(os.path.join(self.own_dir, subtree, JOBS_DIR))
+
+    def _path(self, job_id: str) -> str:
+        return os.path.join(self.jobs_dir, job_id)
+
+    def _file(self, job_id: str, name: str) -> str:
+        return os.path.join(self._path(job_id), name)
+
+    def setup(self) -> None:
+        available = read_file(os.path.join(self.own_dir, "cgroup.controllers"), "").split()
+        missing = [c for c in CONTROLLERS if c not in available]
+        if missing:
+            raise InternalError(
+                f"cgroup v2: controllers {', '.join(missing)} are not delegated to {self.own_dir} "
+                "(under systemd the unit needs Delegate=yes)"
+            )
+        self._leave_own_cgroup()
+        enable = " ".join(f"+{c}" for c in CONTROLLERS)
+        path = self.own_dir
+        for part in os.path.relpath(self.jobs_dir, self.own_dir).split(os.sep):
+            write_file(os.path.join(path, "cgroup.subtree_control"), enable)
+            path = os.path.join(path, part)
+            os.makedirs(path, exist_ok=True)
+        write_file(os.path.join(self.jobs_dir, "cgroup.subtree_control"), enable)
+
+    def _leave_own_cgroup(self) -> None:
+        """Move every process of our own cgroup (this daemon, any helper) into <own>/supervisor."""
+        supervisor = os.path.join(self.own_dir, SUPERVISOR_DIR)
+        os.makedirs(supervisor, exist_ok=True)
+        for pid in read_pids(os.path.join(self.own_dir, "cgroup.procs")):
+            try:
+                write_file(os.path.join(supervisor, "cgroup.procs"), str(pid))
+            except InternalError:
+                if os.path.exists(f"/proc/{pid}"):
+                    raise
+
+    def create(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
+        self.check_limits(limits, io_target)
+        path = self._path(job_id)
+        if os.path.exists(path):
+            raise InternalError(f"cgroup {path} already exists: job ids must be unique")
+        os.mkdir(path)
+        try:
+            self._apply(job_id, limits, io_target)
+        except Exception:
+            self.remove(job_id)
+            raise
+
+    def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
+        if limits.cpu is not None:
+            write_file(self._file(job_id, "cpu.max"), f"{cpu_quota_us(limits.cpu)} {CFS_PERIOD_US}")
+        if limits.memory is not None:
+            write_file(self._file(job_id, "memory.max"), str(limits.memory))
+            if os.path.exists(self._file(job_id, "memory.swap.max")):
+                write_file(self._file(job_id, "memory.swap.max"), "0")  # else the limit only moves pages to swap
+        if limits.pids is not None:
+            write_file(self._file(job_id, "pids.max"), str(limits.pids))
+        if limits.has_io and io_target is not None:
+            keys = (
+                ("rbps", limits.io_read_bps),
+                ("wbps", limits.io_write_bps),
+                ("riops", limits.io_read_iops),
+                ("wiops", limits.io_write_iops),
+            )
+            settings = " ".join(f"{key}={value}" for key, value in keys if value is not None)
+            write_file(self._file(job_id, "io.max"), f"{io_target.major}:{io_target.minor} {settings}")
+
+    def join_files(self, job_id: str) -> list[str]:
+        return [self._file(job_id, "cgroup.procs")]
+
+    def pids(self, job_id: str) -> list[int]:
+        return read_pids(self._file(job_id, "cgroup.procs"))
+
+    def is_empty(self, job_id: str) -> bool:
+        events = read_keyed(self._file(job_id, "cgroup.events"))
+        if "populated" in events:
+            return events["populated"] == 0
+        return not self.pids(job_id)
+
+    def freeze(self, job_id: str, frozen: bool) -> None:
+        path = self._file(job_id, "cgroup.freeze")
+        if not os.path.exists(self._path(job_id)):
+            return
+        write_file(path, "1" if frozen else "0")
+        # cgroup.events says 'frozen 1' once every task has stopped; thawing takes effect at once.
+        if frozen:
+            for _ in range(1000):
+                if read_keyed(self._file(job_id, "cgroup.events")).get("frozen", 1) == 1:
+                    return
+                os.sched_yield()
+
+    def kill(self, job_id: str) -> None:
+        kill_file = self._file(job_id, "cgroup.kill")
+        if os.path.exists(kill_file):
+            write_file(kill_file, "1")
+            if self.wait_empty(job_id, 2.0):
+                return
+        kill_until_empty(self, job_id)  # kernels before 5.14 have no cgroup.kill
+
+    def usage(self, job_id: str) -> Usage:
+        cpu = read_keyed(self._file(job_id, "cpu.stat"))
+        events = read_keyed(self._file(job_id, "memory.events"))
+        peak = read_file(self._file(job_id, "memory.peak"), "").strip()
+        read_bytes = write_bytes = 0
+        for line in read_file(self._file(job_id, "io.stat"), "").splitlines():
+            for field in line.split()[1:]:
+                key, _, value = field.partition("=")
+                if key == "rbytes":
+                    read_bytes += int(value)
+                elif key == "wbytes":
+                    write_bytes += int(value)
+        return Usage(
+            cpu_seconds=cpu.get("usage_usec", 0) / 1e6,
+            memory_peak_bytes=int(peak) if peak.isdigit() else 0,
+            io_read_bytes=read_bytes,
+            io_write_bytes=write_bytes,
+            oom_kills=events.get("oom_kill", 0),
+        )
+
+    def remove(self, job_id: str) -> None:
+        remove_dir(self._path(job_id))
+
+    def job_ids(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.jobs_dir) if e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def teardown(self) -> None:
+        path = self.jobs_dir
+        while path != self.own_dir and path.startswith(self.own_dir):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return
+            path = os.path.dirname(path)

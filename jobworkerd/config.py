@@ -1,0 +1,188 @@
+"""Daemon configuration: frozen dataclasses loaded from YAML (config/config.yaml documents every key).
+
+Each value goes through a small validating converter; an unknown key is an error that names it,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from .units import parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = "/etc/jobworkerd/config.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration file is unusable; the message names the key and what is accepted."""
+
+
+def _opt(convert: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    return lambda value, key: None if value is None else convert(value, key)
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _path(value: Any, key: str) -> str:
+    text = _str(value, key)
+    if not os.path.isabs(text):
+        raise ConfigError(f"{key}: expected an absolute path, got {text!r}")
+    return text
+
+
+def _size(value: Any, key: str) -> int:
+    try:
+        return parse_size(value, key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _duration(value: Any, key: str) -> float:
+    try:
+        return parse_duration(value, key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _positive_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive whole number, got {value!r}")
+    return value
+
+
+def _str_list(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def convert(value: Any, key: str) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return convert
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca: str = "/etc/jobworkerd/tls/ca.crt"
+    cert: str = "/etc/jobworkerd/tls/server.crt"
+    key: str = "/etc/jobworkerd/tls/server.key"
+
+    _convert = {"ca": _path, "cert": _path, "key": _path}
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    version: str = "auto"  # auto | v1 | v2
+    # Jobs live in <own cgroup>/<subtree>/jobs/<id>. Empty under systemd (the unit's cgroup is ours).
+    subtree: str = ""
+
+    _convert = {"version": _choice("auto", "v1", "v2"), "subtree": _str}
+
+
+@dataclass(frozen=True)
+class LimitValues:
+    cpu: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+
+    _convert = {"cpu": _opt(_positive_float), "memory": _opt(_size), "pids": _opt(_positive_int)}
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # A job that names no pids limit gets this one, so a fork bomb is contained by default.
+    default: LimitValues = field(default_factory=lambda: LimitValues(pids=1024))
+    max: LimitValues = field(default_factory=LimitValues)
+    output_cap: int = 256 << 20  # bytes of output kept per job; the job is killed when it writes more
+
+    _convert = {
+        "default": lambda v, k: _section(LimitValues, v, k),
+        "max": lambda v, k: _section(LimitValues, v, k),
+        "output_cap": _size,
+    }
+
+
+@dataclass(frozen=True)
+class RunAsConfig:
+    default_user: str = "nobody"  # non-admin jobs that name no user
+    allowed_users: tuple[str, ...] = ("nobody",)  # users a non-admin may name; root is never allowed to them
+    admin_default_user: str = "root"
+
+    _convert = {"default_user": _str, "allowed_users": _str_list, "admin_default_user": _str}
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:7443"
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    state_dir: str = "/var/lib/jobworkerd"
+    run_dir: str = "/run/jobworkerd"
+    cgroup: CgroupConfig = field(default_factory=CgroupConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    run_as: RunAsConfig = field(default_factory=RunAsConfig)
+    stop_grace: float = 10.0
+    max_message_bytes: int = 4 << 20  # gRPC receive limit; a request larger than this is refused
+
+    _convert = {
+        "listen": _str,
+        "tls": lambda v, k: _section(TLSConfig, v, k),
+        "state_dir": _path,
+        "run_dir": _path,
+        "cgroup": lambda v, k: _section(CgroupConfig, v, k),
+        "limits": lambda v, k: _section(LimitsConfig, v, k),
+        "run_as": lambda v, k: _section(RunAsConfig, v, k),
+        "stop_grace": _duration,
+        "max_message_bytes": _size,
+    }
+
+
+def _section(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            raise ConfigError(f"unknown config key {path!r} (known here: {', '.join(sorted(known))})")
+        values[key] = cls._convert[key](value, path)
+    return cls(**values)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    return _section(Config, data or {}, "")
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,382 @@
+"""JobManager: start, stop, query and follow jobs. The worker library's face; it knows nothing of gRPC.
+
+Thread model: any thread may call the public methods. One monitor thread watches every running job's
+status pipe (EOF = the job's init has exited) and the shared inotify instance (output growth: wakes
+followers and enforces the output cap). Slow waits (stop's grace period) happen in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pwd
+import selectors
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+from ..cgroups import CgroupBackend, detect
+from ..config import Config
+from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
+from .models import JobRecord, JobSpec, JobState, Reason
+from .output import OutputHub, OutputSource
+from .process import launch
+from .spec import resolve
+from .store import JobStore
+
+MIN_FREE_RUN_DIR = 1 << 20  # refuse to start a job when the run directory has less than this left
+MAX_GRACE = 3600.0
+KILL_SETTLE = 5.0  # after SIGKILL, how long the init may take to be reported gone
+MONITOR_COALESCE = 0.002  # at most one inotify dispatch per 2 ms, however fast jobs write
+
+
+@dataclass
+class _Running:
+    record: JobRecord
+    status_fd: int
+    output_path: str
+    exit_file: str
+    finished: threading.Event = field(default_factory=threading.Event)
+    end_reason: Reason | None = None  # set by us when we end the job (stop, output cap)
+    end_message: str = ""
+    watch: tuple[str, int] | None = None
+
+
+class JobManager:
+    def __init__(self, config: Config, backend: CgroupBackend | None = None, store: JobStore | None = None):
+        self.config = config
+        self.backend = backend or detect(config.cgroup.version, config.cgroup.subtree)
+        self.store = store or JobStore(config.state_dir)
+        self.hub = OutputHub()
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._pending: list[_Running] = []
+        self._wake_r, self._wake_w = os.pipe()
+        self._closing = False
+        self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
+        self.jobs_dir = os.path.join(config.run_dir, "jobs")
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    def open(self) -> "JobManager":
+        os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
+        self.backend.setup()
+        self.reconcile()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._selector.register(self.hub.fileno(), selectors.EVENT_READ, "hub")
+        self._monitor.start()
+        return self
+
+    def close(self, grace: float | None = None) -> None:
+        """Stop every running job (SIGTERM, grace, kill), then release everything."""
+        with self._lock:
+            running = list(self._running)
+        grace = self.config.stop_grace if grace is None else grace
+        stoppers = [
+            threading.Thread(target=self._stop_quietly, args=(job_id, grace, "the daemon is shutting down"))
+            for job_id in running
+        ]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
+        self._closing = True
+        os.write(self._wake_w, b"x")
+        if self._monitor.is_alive():
+            self._monitor.join()
+        self.backend.teardown()
+        self.store.close()
+        self.hub.close()
+
+    def __enter__(self) -> "JobManager":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API ------------------------------------------------------------------------------------------
+
+    def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None) -> JobRecord:
+        """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not."""
+        if self._closing:
+            raise FailedPrecondition("the daemon is shutting down; no new jobs are started")
+        resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
+        self._check_run_dir_space()
+        job_id = uuid.uuid4().hex[:12]
+        record = JobRecord(
+            id=job_id, owner=owner, spec=spec, limits=resolved.limits, created_at=time.time()
+        )
+        job_dir = os.path.join(self.jobs_dir, job_id)
+        output_path, exit_file = os.path.join(job_dir, "output"), os.path.join(job_dir, "exit")
+        try:
+            os.mkdir(job_dir, 0o700)
+            output_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ResourceExhausted(f"cannot create the output file in {job_dir}: {exc.strerror}") from exc
+        self.store.put(record)
+        try:
+            self.backend.create(job_id, resolved.limits, resolved.io_target)
+        except Exception as exc:
+            os.close(output_fd)
+            self.store.put(self._failed(record, f"cannot create the job's cgroup: {exc}"))
+            raise
+        try:
+            launched = launch(resolved, self.backend.join_files(job_id), output_fd, exit_file)
+        except Exception as exc:
+            self.backend.kill(job_id)
+            self.backend.remove(job_id)
+            self.store.put(self._failed(record, str(exc)))
+            if isinstance(exc, StartFailed):
+                raise
+            raise InternalError(f"job {job_id}: {exc}") from exc
+        finally:
+            os.close(output_fd)
+        record = record.evolve(state=JobState.RUNNING, started_at=time.time(), pid=launched.init_pid)
+        running = _Running(record, launched.status_fd, output_path, exit_file)
+        running.watch = self.hub.subscribe(output_path, lambda: self._check_output_cap(running))
+        with self._lock:
+            self._running[job_id] = running
+            self._pending.append(running)
+            # Stored under the lock: the monitor thread takes the lock before recording the job's end,
+            # so the RUNNING record can never overwrite a FINISHED one.
+            self.store.put(record)
+        os.write(self._wake_w, b"x")
+        return record
+
+    def stop(self, job_id: str, grace: float | None = None) -> JobRecord:
+        """SIGTERM every process of the job, wait `grace` seconds, then kill what is left. Returns the final
+        record. Stopping a finished job returns its record unchanged."""
+        grace = self.config.stop_grace if grace is None else grace
+        if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE:
+            raise InvalidArgument(f"grace must be between 0 and {MAX_GRACE:.0f} seconds, got {grace}")
+        self._stop(job_id, grace, Reason.STOPPED, "stopped on request")
+        return self.status(job_id)
+
+    def status(self, job_id: str) -> JobRecord:
+        with self._lock:
+            running = self._running.get(job_id)
+        if running is not None and not running.finished.is_set():
+            return self._live(running)
+        record = self.store.get(job_id)
+        if record is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return record
+
+    def list(self, owner: str | None = None) -> list[JobRecord]:
+        records = self.store.list(owner)
+        with self._lock:
+            running = dict(self._running)
+        return [self._live(running[r.id]) if r.id in running else r for r in records]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        with self._lock:
+            running = self._running.get(job_id)
+        if running is not None and not running.finished.wait(timeout):
+            return self.status(job_id)
+        return self.status(job_id)
+
+    def output(self, job_id: str) -> OutputSource:
+        """Where a follower reads this job's output, and how it knows the job has ended."""
+        self.status(job_id)  # NotFound for unknown ids
+        path = os.path.join(self.jobs_dir, job_id, "output")
+        if not os.path.exists(path):
+            raise NotFound(f"the output of job {job_id} is gone (the run directory is cleared at reboot)")
+        with self._lock:
+            running = self._running.get(job_id)
+        if running is None:
+            return OutputSource(path, self.hub, lambda: True)
+        return OutputSource(path, self.hub, running.finished.is_set)
+
+    # -- stopping ----------------------------------------------------------------------------------------------
+
+    def _stop(self, job_id: str, grace: float, reason: Reason, message: str) -> None:
+        with self._lock:
+            running = self._running.get(job_id)
+        if running is None:
+            self.status(job_id)  # NotFound, or already finished: nothing to do
+            return
+        if running.end_reason is None:
+            running.end_reason, running.end_message = reason, message
+            with self._lock:
+                if not running.finished.is_set():
+                    running.record = running.record.evolve(state=JobState.STOPPING)
+                    self.store.put(running.record)
+        self.backend.signal(job_id, signal.SIGTERM)
+        if not running.finished.wait(grace):
+            self.backend.kill(job_id)
+        if not running.finished.wait(KILL_SETTLE):
+            raise InternalError(f"job {job_id} was killed but its end was not seen within {KILL_SETTLE:.0f}s")
+
+    def _stop_quietly(self, job_id: str, grace: float, message: str) -> None:
+        try:
+            self._stop(job_id, grace, Reason.STOPPED, message)
+        except Exception:  # shutting down: keep stopping the others
+            pass
+
+    def _check_output_cap(self, running: _Running) -> None:
+        """Runs in the monitor thread on every growth of a running job's output file."""
+        cap = self.config.limits.output_cap
+        if running.end_reason is not None or running.finished.is_set():
+            return
+        try:
+            size = os.stat(running.output_path).st_size
+        except FileNotFoundError:
+            return
+        if size <= cap:
+            return
+        job_id = running.record.id
+        running.end_reason = Reason.OUTPUT_CAPPED
+        running.end_message = f"output reached the cap of {cap} bytes; job killed, output kept up to the cap"
+        self.backend.freeze(job_id, True)  # stop the writers first, then cut the file back to the cap
+        os.truncate(running.output_path, cap)
+        self.backend.kill(job_id)
+
+    # -- the monitor thread ---------------------------------------------------------------------------------------
+
+    def _monitor_loop(self) -> None:
+        while not self._closing:
+            for key, _ in self._selector.select():
+                if key.data == "wake":
+                    os.read(self._wake_r, 4096)
+                    self._register_pending()
+                elif key.data == "hub":
+                    self.hub.dispatch()
+                    time.sleep(MONITOR_COALESCE)
+                else:
+                    self._selector.unregister(key.fd)
+                    self._finish(key.data)
+
+    def _register_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for running in pending:
+            self._selector.register(running.status_fd, selectors.EVENT_READ, running)
+
+    def _finish(self, running: _Running) -> None:
+        """The job's init has exited: the kernel is killing the rest of its namespace. Record the end."""
+        os.close(running.status_fd)
+        job_id = running.record.id
+        try:
+            if not self.backend.wait_empty(job_id, 2.0):
+                self.backend.kill(job_id)
+            usage = self.backend.usage(job_id)
+            self.backend.remove(job_id)
+            error = ""
+        except Exception as exc:  # keep the record truthful even if the cgroup misbehaves
+            usage, error = running.record.usage, f"; cgroup clean-up failed: {exc}"
+        exit_code, sig = read_exit_file(running.exit_file)
+        usage = replace(usage, output_bytes=_size(running.output_path))
+        if exit_code is None and sig is None:
+            sig = signal.SIGKILL  # no exit file: the init itself was killed (stop, OOM, cap)
+        reason, message = running.end_reason, running.end_message
+        if reason is None:
+            reason, message = classify_end(exit_code, sig, usage.oom_kills, running.record.limits.memory)
+        if running.watch is not None:
+            self.hub.unsubscribe(running.watch)
+        with self._lock:
+            running.record = running.record.evolve(
+                state=JobState.FINISHED,
+                reason=reason,
+                exit_code=exit_code,
+                signal=sig,
+                message=message + error,
+                finished_at=time.time(),
+                usage=usage,
+            )
+            self.store.put(running.record)
+            running.finished.set()
+            del self._running[job_id]
+        self.hub.notify(running.output_path)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _live(self, running: _Running) -> JobRecord:
+        """A running job's record with its usage read now."""
+        try:
+            usage = self.backend.usage(running.record.id)
+        except OSError:
+            return running.record
+        return running.record.evolve(usage=replace(usage, output_bytes=_size(running.output_path)))
+
+    def _failed(self, record: JobRecord, message: str) -> JobRecord:
+        return record.evolve(
+            state=JobState.FINISHED, reason=Reason.FAILED_TO_START, message=message, finished_at=time.time()
+        )
+
+    def _check_run_dir_space(self) -> None:
+        st = os.statvfs(self.config.run_dir)
+        free = st.f_bavail * st.f_frsize
+        if free < MIN_FREE_RUN_DIR:
+            raise ResourceExhausted(
+                f"the run directory {self.config.run_dir} is full ({free} bytes free); no new job can keep "
+                "its output there until old jobs' output is removed or the filesystem grows"
+            )
+
+    def reconcile(self) -> None:
+        """After a crash: jobs recorded as unfinished are ended (killed if still running) and recorded
+        truthfully; job cgroups nobody recorded are killed and removed. See README 'Restarts'."""
+        unfinished = {r.id: r for r in self.store.unfinished()}
+        for job_id in set(self.backend.job_ids()) | set(unfinished):
+            was_running = bool(self.backend.pids(job_id)) if job_id in self.backend.job_ids() else False
+            usage = None
+            if job_id in self.backend.job_ids():
+                self.backend.kill(job_id)
+                usage = self.backend.usage(job_id)
+                self.backend.remove(job_id)
+            record = unfinished.get(job_id)
+            if record is None:
+                continue
+            exit_file = os.path.join(self.jobs_dir, job_id, "exit")
+            exit_code, sig = read_exit_file(exit_file)
+            if record.state is JobState.STARTING:
+                reason, message = Reason.FAILED_TO_START, "the daemon stopped while the job was starting"
+            elif was_running or (exit_code is None and sig is None):
+                reason = Reason.LOST
+                message = "the daemon stopped while the job ran; the job was killed when the daemon restarted"
+            else:
+                reason, message = classify_end(exit_code, sig, usage.oom_kills if usage else 0, record.limits.memory)
+                message = (message + "; " if message else "") + "it ended while the daemon was down"
+            output_bytes = _size(os.path.join(self.jobs_dir, job_id, "output"))
+            self.store.put(
+                record.evolve(
+                    state=JobState.FINISHED,
+                    reason=reason,
+                    message=message,
+                    exit_code=exit_code,
+                    signal=sig,
+                    finished_at=time.time(),
+                    usage=replace(usage or record.usage, output_bytes=output_bytes),
+                )
+            )
+
+
+def read_exit_file(path: str) -> tuple[int | None, int | None]:
+    """The init writes the program's raw wait status here. None, SIGKILL when the init itself was killed."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read().strip()
+    except FileNotFoundError:
+        return None, None
+    if not text.isdigit():
+        return None, signal.SIGKILL
+    status = int(text)
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+def classify_end(exit_code: int | None, sig: int | None, oom_kills: int, memory: int | None) -> tuple[Reason, str]:
+    if oom_kills and (sig == signal.SIGKILL or (exit_code or 0) != 0):
+        limit = f" of {memory} bytes" if memory else ""
+        return Reason.OOM_KILLED, f"killed by the kernel's OOM killer at the memory limit{limit} ({oom_kills} kill(s))"
+    return Reason.EXITED, ""
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -1,0 +1,161 @@
+"""Job output: one append-only file per job, followed through one inotify watch per file.
+
+OutputHub owns a single inotify instance. Every running job's output file has one watch (the manager
+uses it to enforce the output cap); every follower of that file subscribes to the same watch, and is
+woken when the file grows or the job ends. Followers never poll.
+
+A follower reads from any offset in large chunks until it has caught up, waits for a wake-up, and stops
+once the job has finished and every byte has been read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import struct
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from ..errors import InternalError
+
+IN_MODIFY = 0x00000002
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+READ_CHUNK = 256 << 10  # catching up: up to 256 KiB per read (and per gRPC message)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class OutputHub:
+    """Shares one inotify watch per output file between the manager and all followers."""
+
+    def __init__(self) -> None:
+        self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self._fd < 0:
+            raise InternalError(f"inotify_init1 failed: {os.strerror(ctypes.get_errno())}")
+        self._lock = threading.Lock()
+        self._wd_by_path: dict[str, int] = {}
+        self._subscribers: dict[int, dict[int, Callable[[], None]]] = {}
+        self._next_token = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def subscribe(self, path: str, callback: Callable[[], None]) -> tuple[str, int]:
+        with self._lock:
+            wd = self._wd_by_path.get(path)
+            if wd is None:
+                wd = _libc.inotify_add_watch(self._fd, path.encode(), IN_MODIFY)
+                if wd < 0:
+                    raise InternalError(f"cannot watch {path}: {os.strerror(ctypes.get_errno())}")
+                self._wd_by_path[path] = wd
+                self._subscribers[wd] = {}
+            self._next_token += 1
+            self._subscribers[wd][self._next_token] = callback
+            return path, self._next_token
+
+    def unsubscribe(self, handle: tuple[str, int]) -> None:
+        path, token = handle
+        with self._lock:
+            wd = self._wd_by_path.get(path)
+            if wd is None:
+                return
+            subscribers = self._subscribers[wd]
+            subscribers.pop(token, None)
+            if not subscribers:
+                del self._wd_by_path[path], self._subscribers[wd]
+                _libc.inotify_rm_watch(self._fd, wd)
+
+    def notify(self, path: str) -> None:
+        """Wake every subscriber of path (used when a job ends: followers must re-check)."""
+        with self._lock:
+            wd = self._wd_by_path.get(path)
+            callbacks = list(self._subscribers.get(wd, {}).values()) if wd is not None else []
+        for callback in callbacks:
+            callback()
+
+    def dispatch(self) -> None:
+        """Read pending inotify events and wake the subscribers of each file that changed."""
+        try:
+            data = os.read(self._fd, 64 << 10)
+        except BlockingIOError:
+            return
+        woken: set[int] = set()
+        offset = 0
+        while offset < len(data):
+            wd, mask, _cookie, name_len = _EVENT.unpack_from(data, offset)
+            offset += _EVENT.size + name_len
+            if not mask & IN_IGNORED:
+                woken.add(wd)
+        with self._lock:
+            callbacks = [cb for wd in woken for cb in self._subscribers.get(wd, {}).values()]
+        for callback in callbacks:
+            callback()
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class OutputSource:
+    """What a follower needs from the manager: the file, and whether the job has finished."""
+
+    def __init__(self, path: str, hub: OutputHub, is_finished: Callable[[], bool]):
+        self.path = path
+        self.hub = hub
+        self.is_finished = is_finished
+
+
+def read_output(source: OutputSource, offset: int = 0, follow: bool = True) -> Iterator[tuple[int, bytes]]:
+    """Blocking follower: yields (offset, data) from `offset` until the job has finished and all is read."""
+    wake = threading.Event()
+    handle = source.hub.subscribe(source.path, wake.set) if follow else None
+    try:
+        with open(source.path, "rb", buffering=0) as handle_file:
+            fd = handle_file.fileno()
+            while True:
+                wake.clear()
+                finished = source.is_finished()  # before the read: a job ending after it still gets a last read
+                data = os.pread(fd, READ_CHUNK, offset)
+                if data:
+                    yield offset, data
+                    offset += len(data)
+                    continue
+                if finished or not follow:
+                    return
+                wake.wait()
+    finally:
+        if handle is not None:
+            source.hub.unsubscribe(handle)
+
+
+async def aread_output(
+    source: OutputSource, offset: int = 0, follow: bool = True, coalesce: float = 0.005
+) -> AsyncIterator[tuple[int, bytes]]:
+    """asyncio follower. While following, waits `coalesce` seconds after a wake-up so that a job writing
+    many small lines costs one message per few ms, not one per line."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    handle = source.hub.subscribe(source.path, lambda: loop.call_soon_threadsafe(wake.set)) if follow else None
+    try:
+        with open(source.path, "rb", buffering=0) as handle_file:
+            fd = handle_file.fileno()
+            while True:
+                wake.clear()
+                finished = source.is_finished()
+                data = os.pread(fd, READ_CHUNK, offset)
+                if data:
+                    yield offset, data
+                    offset += len(data)
+                    continue
+                if finished or not follow:
+                    return
+                await wake.wait()
+                if coalesce and not source.is_finished():
+                    await asyncio.sleep(coalesce)
+    finally:
+        if handle is not None:
+            source.hub.unsubscribe(handle)

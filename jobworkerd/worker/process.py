@@ -1,0 +1,126 @@
+"""Parent side of a job start: spawn the launcher and read what it reports.
+
+The launcher (jobworkerd/launcher/__main__.py) documents the protocol. The daemon is threaded, so the
+launcher is started with subprocess (vfork+exec, no preexec_fn), never with a plain fork of this process.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from ..errors import InternalError, StartFailed
+from .models import ResolvedSpec
+
+LAUNCHER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launcher", "__main__.py")
+START_TIMEOUT = 30.0
+
+STEP_HINTS = {
+    "exec": "cannot execute program",
+    "chdir": "cannot enter directory",
+    "setuid": "cannot switch to the run-as user",
+    "setgid": "cannot switch to the run-as group",
+    "setgroups": "cannot set supplementary groups",
+    "join-cgroup": "cannot join the job's cgroup",
+    "unshare": "cannot create namespaces",
+    "make-mounts-private": "cannot make mounts private",
+    "mount-proc": "cannot mount /proc in the job's namespace",
+    "loopback-up": "cannot bring up loopback in the job's network namespace",
+}
+
+
+@dataclass
+class Launched:
+    init_pid: int  # host PID of the job's PID 1; informational (jobs are tracked by cgroup)
+    status_fd: int  # read end of the status pipe: EOF when the job's init has exited
+
+
+def encode_spec(resolved: ResolvedSpec, join_files: list[str], exit_file: str) -> bytes:
+    fields: list[tuple[str, str]] = [("join", f) for f in join_files]
+    fields += [("uid", str(resolved.uid)), ("gid", str(resolved.gid))]
+    fields += [("group", str(g)) for g in resolved.groups]
+    fields += [("cwd", resolved.directory), ("program", resolved.program), ("exit_file", exit_file)]
+    fields += [("arg", a) for a in resolved.argv]
+    fields += [("env", f"{k}={v}") for k, v in resolved.env.items()]
+    return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in fields)
+
+
+def describe_failure(line: str) -> StartFailed:
+    """'fail STEP ERRNO DETAIL' -> StartFailed with a message naming the step, file and errno."""
+    parts = line.split(" ", 3)
+    step = parts[1] if len(parts) > 1 else "unknown"
+    err = int(parts[2]) if len(parts) > 2 and parts[2].lstrip("-").isdigit() else 0
+    detail = parts[3] if len(parts) > 3 else ""
+    name = errno_mod.errorcode.get(err, str(err))
+    what = STEP_HINTS.get(step, step)
+    target = f" {detail!r}" if detail else ""
+    return StartFailed(f"{what}{target}: {os.strerror(err)} ({name})", step=step, errno=err)
+
+
+def launch(resolved: ResolvedSpec, join_files: list[str], output_fd: int, exit_file: str) -> Launched:
+    """Start the launcher and wait until the program has been exec'd. Raises StartFailed."""
+    status_r, status_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", LAUNCHER, str(status_w)],
+            stdin=subprocess.PIPE,
+            stdout=output_fd,
+            stderr=output_fd,
+            pass_fds=(status_w,),
+            cwd="/",
+            env={},
+        )
+    except OSError as exc:
+        os.close(status_r)
+        raise InternalError(f"cannot start the launcher {sys.executable}: {exc.strerror}") from exc
+    finally:
+        os.close(status_w)
+    try:
+        try:
+            proc.stdin.write(encode_spec(resolved, join_files, exit_file))  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass  # the launcher died early; its status line (or its absence) says why
+        init_pid, outcome = _read_outcome(status_r)
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        proc.wait()
+    if outcome is None or outcome.startswith("fail"):
+        os.close(status_r)
+        if outcome is None:
+            raise StartFailed(f"launcher exited with status {proc.returncode} before the program started")
+        raise describe_failure(outcome)
+    return Launched(init_pid=init_pid or 0, status_fd=status_r)
+
+
+def _read_outcome(fd: int) -> tuple[int | None, str | None]:
+    """Read status lines until both the init's PID and the outcome ('ok' or 'fail ...') are known, or EOF.
+    The two come from different processes (launcher and init), in either order."""
+    buffer = b""
+    init_pid: int | None = None
+    outcome: str | None = None
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            text = line.decode(errors="replace")
+            if text.startswith("pid "):
+                init_pid = int(text[4:])
+            elif text == "ok" or text.startswith("fail"):
+                outcome = outcome or text
+        if outcome is not None and init_pid is not None:
+            return init_pid, outcome
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise InternalError(f"launcher did not report within {START_TIMEOUT:.0f}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return init_pid, outcome
+        buffer += chunk

@@ -1,0 +1,169 @@
+"""Validation of a JobSpec into a ResolvedSpec: every check a person could fail, with a message saying
+what was wrong and what is allowed. Pure apart from look-ups of users, groups, directories and programs."""
+
+from __future__ import annotations
+
+import grp
+import math
+import os
+import pwd
+import stat
+import unicodedata
+
+from ..config import LimitsConfig
+from ..errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from ..cgroups.devices import block_device_for
+from .models import JobSpec, Limits, ResolvedSpec
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_NAME = 256
+MAX_ARGV_BYTES = 1 << 20  # the kernel's own limit is ~2 MiB for argv+env together
+MAX_ENV_BYTES = 512 << 10
+MAX_LIMIT_INT = (1 << 62)
+MIN_MEMORY = 4 << 20  # the job's init (a small Python process) and the program need some room
+MIN_PIDS = 2  # the init and the program
+
+
+def _text(value: str, what: str, *, allow_empty: bool = True, max_len: int | None = None) -> str:
+    if not allow_empty and not value:
+        raise InvalidArgument(f"{what} is empty")
+    if "\0" in value:
+        raise InvalidArgument(f"{what} contains a NUL byte, which no program can receive")
+    if max_len is not None and len(value) > max_len:
+        raise InvalidArgument(f"{what} is {len(value)} characters long; at most {max_len} are allowed")
+    return value
+
+
+def validate_name(name: str) -> str:
+    _text(name, "job name", max_len=MAX_NAME)
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise InvalidArgument("job name contains control characters; use printable text")
+    return name
+
+
+def check_limits(limits: Limits, config: LimitsConfig) -> Limits:
+    """Apply defaults, check ranges and configured maxima. Returns the effective limits."""
+    default = config.default
+    cpu = limits.cpu if limits.cpu is not None else default.cpu
+    memory = limits.memory if limits.memory is not None else default.memory
+    pids = limits.pids if limits.pids is not None else default.pids
+    if cpu is not None and (not math.isfinite(cpu) or cpu <= 0):
+        raise InvalidArgument(f"cpu must be a positive number of cores (e.g. 0.5), got {cpu}")
+    if cpu is not None and cpu > 1 << 20:
+        raise InvalidArgument(f"cpu {cpu} cores is not a real number of cores")
+    if memory is not None and not MIN_MEMORY <= memory <= MAX_LIMIT_INT:
+        raise InvalidArgument(f"memory must be between {MIN_MEMORY >> 20}M and {MAX_LIMIT_INT} bytes, got {memory}")
+    if pids is not None and not MIN_PIDS <= pids <= 1 << 22:
+        raise InvalidArgument(f"pids must be between {MIN_PIDS} and {1 << 22}, got {pids}")
+    for name in ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"):
+        value = getattr(limits, name)
+        if value is not None and not 1 <= value <= MAX_LIMIT_INT:
+            raise InvalidArgument(f"{name.replace('_', '-')} must be a positive number, got {value}")
+    maximum = config.max
+    for what, value, cap in (("cpu", cpu, maximum.cpu), ("memory", memory, maximum.memory), ("pids", pids, maximum.pids)):
+        if cap is not None and (value is None or value > cap):
+            asked = "no limit" if value is None else value
+            raise ResourceExhausted(f"{what} {asked} is over the configured maximum of {cap}; ask for at most {cap}")
+    return Limits(
+        cpu=cpu,
+        memory=memory,
+        pids=pids,
+        io_device=limits.io_device,
+        io_read_bps=limits.io_read_bps,
+        io_write_bps=limits.io_write_bps,
+        io_read_iops=limits.io_read_iops,
+        io_write_iops=limits.io_write_iops,
+    )
+
+
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, OverflowError):
+        raise InvalidArgument(f"run-as user {name!r} does not exist on this host") from None
+
+
+def _group(name: str) -> int:
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, OverflowError):
+        raise InvalidArgument(f"run-as group {name!r} does not exist on this host") from None
+
+
+def _directory(path: str) -> str:
+    _text(path, "directory", max_len=4096)
+    if not os.path.isabs(path):
+        raise InvalidArgument(f"directory {path!r} must be an absolute path")
+    path = os.path.normpath(path)
+    if not os.path.isdir(path):
+        raise InvalidArgument(f"directory {path!r} does not exist or is not a directory")
+    return path
+
+
+def find_program(command: str, path_var: str, directory: str) -> str:
+    if "/" in command:
+        candidate = os.path.normpath(os.path.join(directory, command))
+        if not os.path.exists(candidate):
+            raise FailedPrecondition(f"program {command!r} does not exist")
+        return candidate
+    for entry in path_var.split(":"):
+        candidate = os.path.join(entry or ".", command)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return candidate
+    raise FailedPrecondition(f"program {command!r} not found in PATH ({path_var})")
+
+
+def _environment(env: dict[str, str], user: pwd.struct_passwd) -> dict[str, str]:
+    result = {"PATH": DEFAULT_PATH, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name}
+    size = 0
+    for key, value in env.items():
+        _text(key, "environment variable name", allow_empty=False)
+        _text(value, f"environment variable {key!r}")
+        if "=" in key:
+            raise InvalidArgument(f"environment variable name {key!r} contains '='")
+        size += len(key.encode()) + len(value.encode()) + 2
+        result[key] = value
+    if size > MAX_ENV_BYTES:
+        raise InvalidArgument(f"environment is {size} bytes; at most {MAX_ENV_BYTES} are allowed")
+    return result
+
+
+def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str) -> ResolvedSpec:
+    """Check everything about a spec before any resource is created for it."""
+    validate_name(spec.name)
+    _text(spec.command, "command", allow_empty=False, max_len=4096)
+    size = len(spec.command.encode())
+    for index, arg in enumerate(spec.args):
+        _text(arg, f"argument {index + 1}")
+        size += len(arg.encode()) + 1
+    if size > MAX_ARGV_BYTES:
+        raise InvalidArgument(f"command and arguments are {size} bytes; at most {MAX_ARGV_BYTES} are allowed")
+    user = _user(_text(spec.user or default_user, "user", allow_empty=False, max_len=256))
+    gid = _group(_text(spec.group, "group", max_len=256)) if spec.group else user.pw_gid
+    groups = tuple(sorted(set(os.getgrouplist(user.pw_name, gid))))
+    directory = _directory(spec.directory or "/")
+    env = _environment(spec.env, user)
+    limits = check_limits(spec.limits, limits_config)
+    io_target = None
+    if limits.has_io:
+        io_target = block_device_for(_text(limits.io_device or directory, "io device", max_len=4096))
+    elif limits.io_device:
+        raise InvalidArgument("io device given without any io limit (io read/write bps or iops)")
+    program = find_program(spec.command, env["PATH"], directory)
+    return ResolvedSpec(
+        spec=spec,
+        limits=limits,
+        program=program,
+        argv=(spec.command, *spec.args),
+        uid=user.pw_uid,
+        gid=gid,
+        groups=groups,
+        user=user.pw_name,
+        directory=directory,
+        env=env,
+        io_target=io_target,
+    )

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian 12 machine (as root) for development: system packages, and a virtual
+# environment in .venv with the project installed in editable mode. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in python3-venv python3-dev gcc openssl iproute2 util-linux procps; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Debian's own interpreter, as the .deb uses on target machines (not a pyenv shim that may shadow it).
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+echo "setup: .venv ready ($(.venv/bin/python --version))"
