@@ -7,6 +7,7 @@ followers and enforces the output cap). Slow waits (stop's grace period) happen 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pwd
@@ -15,6 +16,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..cgroups import CgroupBackend, detect
@@ -25,6 +27,8 @@ from .output import OutputHub, OutputSource
 from .process import launch
 from .spec import resolve
 from .store import JobStore
+
+log = logging.getLogger("jobworkerd.jobs")
 
 MIN_FREE_RUN_DIR = 1 << 20  # refuse to start a job when the run directory has less than this left
 MAX_GRACE = 3600.0
@@ -42,6 +46,7 @@ class _Running:
     end_reason: Reason | None = None  # set by us when we end the job (stop, output cap)
     end_message: str = ""
     watch: tuple[str, int] | None = None
+    on_finish: list[Callable[[], None]] = field(default_factory=list)
 
 
 class JobManager:
@@ -144,6 +149,7 @@ class JobManager:
             # so the RUNNING record can never overwrite a FINISHED one.
             self.store.put(record)
         os.write(self._wake_w, b"x")
+        log.info("job %s started for %r as %s: %s (limits %s)", job_id, owner, resolved.user, resolved.program, resolved.limits)
         return record
 
     def stop(self, job_id: str, grace: float | None = None) -> JobRecord:
@@ -156,6 +162,7 @@ class JobManager:
         return self.status(job_id)
 
     def status(self, job_id: str) -> JobRecord:
+        check_job_id(job_id)
         with self._lock:
             running = self._running.get(job_id)
         if running is not None and not running.finished.is_set():
@@ -177,6 +184,16 @@ class JobManager:
         if running is not None and not running.finished.wait(timeout):
             return self.status(job_id)
         return self.status(job_id)
+
+    def when_finished(self, job_id: str, callback: Callable[[], None]) -> bool:
+        """Call `callback` (in the monitor thread) once the job has finished. False if it already has:
+        lets asyncio callers wait without holding a thread."""
+        with self._lock:
+            running = self._running.get(job_id)
+            if running is None or running.finished.is_set():
+                return False
+            running.on_finish.append(callback)
+            return True
 
     def output(self, job_id: str) -> OutputSource:
         """Where a follower reads this job's output, and how it knows the job has ended."""
@@ -289,7 +306,10 @@ class JobManager:
             self.store.put(running.record)
             running.finished.set()
             del self._running[job_id]
+        log.info("job %s finished: %s (exit %s, signal %s) %s", job_id, reason.value, exit_code, sig, message)
         self.hub.notify(running.output_path)
+        for callback in running.on_finish:
+            callback()
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -351,6 +371,14 @@ class JobManager:
                     usage=replace(usage or record.usage, output_bytes=output_bytes),
                 )
             )
+
+
+def check_job_id(job_id: str) -> None:
+    """Ids are 12 lower-case hex digits; anything else never reaches a path or a query."""
+    if not job_id:
+        raise InvalidArgument("job id is empty")
+    if len(job_id) != 12 or any(ch not in "0123456789abcdef" for ch in job_id):
+        raise InvalidArgument(f"job id {job_id[:64]!r} is malformed: ids are 12 hex digits, as printed by start")
 
 
 def read_exit_file(path: str) -> tuple[int | None, int | None]:

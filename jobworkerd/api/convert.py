@@ -1,0 +1,107 @@
+"""Conversion between jobworker.v1 messages and the worker library's models. No logic beyond mapping."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..gen.jobworker.v1 import jobworker_pb2 as pb
+from ..worker.models import JobRecord, JobSpec, JobState, Limits, Reason
+
+STATES = {
+    JobState.STARTING: pb.JOB_STATE_STARTING,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.STOPPING: pb.JOB_STATE_STOPPING,
+    JobState.FINISHED: pb.JOB_STATE_FINISHED,
+}
+REASONS = {
+    Reason.NONE: pb.TERMINATION_REASON_UNSPECIFIED,
+    Reason.EXITED: pb.TERMINATION_REASON_EXITED,
+    Reason.STOPPED: pb.TERMINATION_REASON_STOPPED,
+    Reason.OOM_KILLED: pb.TERMINATION_REASON_OOM_KILLED,
+    Reason.OUTPUT_CAPPED: pb.TERMINATION_REASON_OUTPUT_CAPPED,
+    Reason.FAILED_TO_START: pb.TERMINATION_REASON_FAILED_TO_START,
+    Reason.LOST: pb.TERMINATION_REASON_LOST,
+}
+_LIMIT_FIELDS = {  # proto field -> Limits attribute
+    "memory_bytes": "memory",
+    "pids": "pids",
+    "io_read_bps": "io_read_bps",
+    "io_write_bps": "io_write_bps",
+    "io_read_iops": "io_read_iops",
+    "io_write_iops": "io_write_iops",
+}
+
+
+def limits_from_proto(message: pb.Limits) -> Limits:
+    values: dict[str, object] = {a: getattr(message, f) for f, a in _LIMIT_FIELDS.items() if message.HasField(f)}
+    if message.HasField("cpu"):
+        values["cpu"] = message.cpu
+    return Limits(io_device=message.io_device or None, **values)  # type: ignore[arg-type]
+
+
+def spec_from_request(request: pb.StartJobRequest, user: str) -> JobSpec:
+    command = request.command
+    return JobSpec(
+        command=command.command,
+        args=tuple(command.arguments),
+        name=request.name,
+        user=user,
+        group=command.group,
+        directory=command.directory,
+        env=dict(command.env),
+        limits=limits_from_proto(request.limits),
+    )
+
+
+def limits_to_proto(limits: Limits) -> pb.Limits:
+    message = pb.Limits(io_device=limits.io_device or "")
+    if limits.cpu is not None:
+        message.cpu = limits.cpu
+    for field, attr in _LIMIT_FIELDS.items():
+        value = getattr(limits, attr)
+        if value is not None:
+            setattr(message, field, value)
+    return message
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def job_to_proto(record: JobRecord) -> pb.Job:
+    spec = record.spec
+    job = pb.Job(
+        id=record.id,
+        name=spec.name,
+        owner=record.owner,
+        state=STATES[record.state],
+        reason=REASONS[record.reason],
+        message=record.message,
+        command=pb.Command(
+            command=spec.command, arguments=spec.args, user=spec.user, group=spec.group,
+            directory=spec.directory, env=spec.env,
+        ),
+        limits=limits_to_proto(record.limits),
+        usage=pb.Usage(
+            cpu_seconds=record.usage.cpu_seconds,
+            memory_peak_bytes=record.usage.memory_peak_bytes,
+            io_read_bytes=record.usage.io_read_bytes,
+            io_write_bytes=record.usage.io_write_bytes,
+            oom_kills=record.usage.oom_kills,
+            output_bytes=record.usage.output_bytes,
+        ),
+        run_as=spec.user,
+    )
+    if record.exit_code is not None:
+        job.exit_code = record.exit_code
+    if record.signal is not None:
+        job.signal = record.signal
+    for field, value in (("created_at", record.created_at), ("started_at", record.started_at), ("finished_at", record.finished_at)):
+        stamp = _timestamp(value)
+        if stamp is not None:
+            getattr(job, field).CopyFrom(stamp)
+    return job
