@@ -44,6 +44,7 @@ class Daemon:
         self.subtree = f"jobworkerd-it-{os.getpid()}-{next(_counter)}"
         self._certs: dict[tuple[str, str], tuple[str, str]] = {}
         self.proc: subprocess.Popen | None = None
+        self._channels: list = []
         self.addr = ""
         if not (self.ca_dir / "ca.crt").exists():
             run_ca("init", "--dir", str(self.ca_dir))
@@ -86,6 +87,7 @@ class Daemon:
         raise RuntimeError(f"daemon did not listen within {timeout}s:\n{self.log.read_text()}")
 
     def stop(self, timeout: float = 60.0) -> int:
+        self.close_channels()
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
@@ -121,6 +123,25 @@ class Daemon:
             [sys.executable, "-m", "jobctl", *args], env=self.env(name, role), input=input,
             capture_output=True, timeout=timeout,
         )
+
+    def stub(self, name: str = "admin", role: str = "admin", cert: tuple[str, str] | None = None):
+        """A JobWorker client stub over real mTLS for this identity (or an explicit cert/key pair)."""
+        import grpc
+
+        from jobworkerd.gen.jobworker.v1 import jobworker_pb2_grpc
+
+        crt, key = cert or self.cert(name, role)
+        credentials = grpc.ssl_channel_credentials(
+            Path(self.ca).read_bytes(), Path(key).read_bytes(), Path(crt).read_bytes()
+        )
+        channel = grpc.secure_channel(self.addr, credentials, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._channels.append(channel)
+        return jobworker_pb2_grpc.JobWorkerStub(channel)
+
+    def close_channels(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
 
     def cgroup_dirs(self) -> list[str]:
         """Job cgroup directories of this daemon that exist now, in every hierarchy."""
