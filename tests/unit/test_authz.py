@@ -1,0 +1,86 @@
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from jobworkerd.authz import Identity, Role, check_access, identity_from_auth_context, list_owner, run_as_user
+from jobworkerd.config import RunAsConfig
+from jobworkerd.errors import NotFound, PermissionDenied, Unauthenticated
+from jobworkerd.worker.models import JobRecord, JobSpec, Limits
+
+ALICE = Identity("alice", Role.USER)
+BOB = Identity("bob", Role.USER)
+ADMIN = Identity("root", Role.ADMIN)
+
+
+def record(owner: str) -> JobRecord:
+    return JobRecord(id="0123456789ab", owner=owner, spec=JobSpec(command="true"), limits=Limits())
+
+
+def pem(attributes: list[x509.NameAttribute]) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name(attributes)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_owner_and_admin_may_access_others_get_not_found():
+    assert check_access(ALICE, record("alice")).owner == "alice"
+    assert check_access(ADMIN, record("alice")).owner == "alice"
+    with pytest.raises(NotFound, match="no job with id '0123456789ab'"):
+        check_access(BOB, record("alice"))
+
+
+def test_listing_scope():
+    assert list_owner(ALICE) == "alice"
+    assert list_owner(ADMIN) is None
+
+
+def test_run_as_policy():
+    policy = RunAsConfig(default_user="nobody", allowed_users=("nobody", "daemon"), admin_default_user="root")
+    assert run_as_user(ALICE, "", policy) == "nobody"
+    assert run_as_user(ALICE, "daemon", policy) == "daemon"
+    assert run_as_user(ADMIN, "", policy) == "root"
+    assert run_as_user(ADMIN, "daemon", policy) == "daemon"
+    with pytest.raises(PermissionDenied, match="may run jobs only as: nobody, daemon"):
+        run_as_user(ALICE, "root", policy)
+
+
+def test_root_is_refused_to_users_even_when_configured():
+    policy = RunAsConfig(default_user="root", allowed_users=("root", "0"), admin_default_user="root")
+    for user in ("", "root", "0"):
+        with pytest.raises(PermissionDenied, match="UID 0"):
+            run_as_user(ALICE, user, policy)
+
+
+def test_identity_from_certificate():
+    cert = pem([x509.NameAttribute(NameOID.COMMON_NAME, "alice"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "user")])
+    assert identity_from_auth_context({"x509_pem_cert": [cert]}) == ALICE
+    admin = pem([x509.NameAttribute(NameOID.COMMON_NAME, "root"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin")])
+    assert identity_from_auth_context({"x509_pem_cert": [admin]}).is_admin
+
+
+@pytest.mark.parametrize("attributes, message", [
+    ([x509.NameAttribute(NameOID.COMMON_NAME, "eve")], "carries no role"),
+    ([x509.NameAttribute(NameOID.COMMON_NAME, "eve"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "root")],
+     "carries no role"),
+    ([x509.NameAttribute(NameOID.COMMON_NAME, "eve"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin"),
+      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "user")], "carries no role"),
+    ([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin")], "exactly one common name"),
+])
+def test_bad_identities(attributes, message):
+    with pytest.raises(Unauthenticated, match=message):
+        identity_from_auth_context({"x509_pem_cert": [pem(attributes)]})
+
+
+def test_no_certificate():
+    with pytest.raises(Unauthenticated, match="no client certificate"):
+        identity_from_auth_context({})
