@@ -1,7 +1,14 @@
-"""Launcher: the child side of a job start. Run as `python3 -I -S <this file> STATUS_FD` by the daemon.
+"""Launcher: the child side of a job start. It imports nothing from jobworkerd and only low-level stdlib
+modules, because it is on the hot path of every start (`import json` alone costs ~5 ms here,
+`import pyroute2` ~90 ms). Two ways to run it:
 
-It imports nothing from jobworkerd and only low-level stdlib modules, because it is on the hot path
-of every start (`import json` alone costs ~5 ms here, `import pyroute2` ~90 ms).
+    python3 -I -S <this file> --forkserver SOCK_FD
+        Normal mode. Started once by the daemon; waits on a SOCK_SEQPACKET socket for one message per
+        job carrying three file descriptors (spec pipe, output file, status pipe) and forks a launcher
+        L for each, which saves the ~10 ms of interpreter start and imports per job. Single-threaded,
+        so forking it is safe. It exits when the daemon closes the socket.
+    python3 -I -S <this file> STATUS_FD
+        One launcher L, spec on stdin, output on stdout/stderr: the fallback when no forkserver runs.
 
 Processes and pipes:
 
@@ -34,6 +41,7 @@ import os
 import struct
 import sys
 
+import _signal
 import _socket
 
 CLONE_NEWNS = 0x00020000
@@ -78,7 +86,10 @@ def read_spec(fd):
 
 
 def report(status_fd, line):
-    os.write(status_fd, line.encode(errors="replace") + b"\n")
+    try:
+        os.write(status_fd, line.encode(errors="replace") + b"\n")
+    except OSError:
+        pass  # the daemon is gone (EPIPE); the job carries on, and the next daemon reconciles it
 
 
 def join_cgroup(files):
@@ -110,6 +121,10 @@ def exec_program(spec, exec_w):
     """G: drop to the run-as user, chdir, exec. Never returns; failures go to the exec pipe."""
     step, target = "setgroups", b""
     try:
+        # Python ignores SIGPIPE and SIGXFSZ at start-up, and ignored signals survive execve: give the
+        # program the defaults it expects (e.g. `yes | head` ends by SIGPIPE).
+        for signum in (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGCHLD):
+            _signal.signal(signum, _signal.SIG_DFL)
         uid, gid = int(spec["uid"]), int(spec["gid"])
         os.setgroups([int(g) for g in spec["group"]])
         step = "setgid"
@@ -158,11 +173,13 @@ def run_init(spec, status_fd):
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-def main():
-    status_fd = int(sys.argv[1])
-    spec = read_spec(0)
+def launch_job(spec_fd, status_fd):
+    """L: everything from reading the spec to forking the job's init. Never returns."""
+    spec = read_spec(spec_fd)
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
+    if spec_fd != 0:
+        os.close(spec_fd)
     os.close(devnull)
     try:
         join_cgroup(spec["join"])
@@ -183,6 +200,48 @@ def main():
     except OSError as exc:
         report(status_fd, f"fail init {exc.errno} {exc.strerror}")
     os._exit(1)
+
+
+def received_fds(ancillary):
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+    return fds
+
+
+def serve_forks(sock_fd):
+    """The forkserver loop: one message (with spec, output and status fds) -> one forked launcher."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)  # launchers exit at once; the kernel reaps them
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # a Ctrl-C meant for a foreground daemon is not ours
+    sock = _socket.socket(fileno=sock_fd)
+    while True:
+        try:
+            message, ancillary, _flags, _addr = sock.recvmsg(16, _socket.CMSG_SPACE(3 * 4))
+        except InterruptedError:
+            continue
+        fds = received_fds(ancillary)
+        if not message:  # the daemon closed its end
+            return
+        if len(fds) == 3:
+            if os.fork() == 0:
+                _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+                _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+                sock.close()
+                spec_fd, output_fd, status_fd = fds
+                os.dup2(output_fd, 1)
+                os.dup2(output_fd, 2)
+                os.close(output_fd)
+                launch_job(spec_fd, status_fd)
+        for fd in fds:
+            os.close(fd)
+
+
+def main():
+    if sys.argv[1] == "--forkserver":
+        serve_forks(int(sys.argv[2]))
+    else:
+        launch_job(0, int(sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ..config import Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
 from .models import JobRecord, JobSpec, JobState, Reason
 from .output import OutputHub, OutputSource
-from .process import launch
+from .process import ForkServer, ForkServerUnavailable, launch
 from .spec import resolve
 from .store import JobStore
 
@@ -55,6 +55,7 @@ class JobManager:
         self.backend = backend or detect(config.cgroup.version, config.cgroup.subtree)
         self.store = store or JobStore(config.state_dir)
         self.hub = OutputHub()
+        self.forkserver = ForkServer()
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -92,6 +93,7 @@ class JobManager:
         os.write(self._wake_w, b"x")
         if self._monitor.is_alive():
             self._monitor.join()
+        self.forkserver.close()
         self.backend.teardown()
         self.store.close()
         self.hub.close()
@@ -129,7 +131,7 @@ class JobManager:
             self.store.put(self._failed(record, f"cannot create the job's cgroup: {exc}"))
             raise
         try:
-            launched = launch(resolved, self.backend.join_files(job_id), output_fd, exit_file)
+            launched = self._launch(resolved, self.backend.join_files(job_id), output_fd, exit_file)
         except Exception as exc:
             self.backend.kill(job_id)
             self.backend.remove(job_id)
@@ -320,6 +322,13 @@ class JobManager:
         except OSError:
             return running.record
         return running.record.evolve(usage=replace(usage, output_bytes=_size(running.output_path)))
+
+    def _launch(self, resolved, join_files: list[str], output_fd: int, exit_file: str):
+        try:
+            return self.forkserver.launch(resolved, join_files, output_fd, exit_file)
+        except ForkServerUnavailable as exc:
+            log.warning("%s; starting this job's launcher directly", exc)
+            return launch(resolved, join_files, output_fd, exit_file)
 
     def _failed(self, record: JobRecord, message: str) -> JobRecord:
         return record.evolve(
