@@ -106,8 +106,9 @@ class CgroupBackend(abc.ABC):
         """PIDs of every process in the job's cgroup (empty when the job is gone)."""
 
     @abc.abstractmethod
-    def freeze(self, job_id: str, frozen: bool) -> None:
-        """Freeze or thaw every process of the job; returns once the kernel says it is done."""
+    def freeze(self, job_id: str, frozen: bool) -> bool:
+        """Freeze or thaw every process of the job. True once the kernel says it is done; False if a
+        task did not freeze in time (e.g. stuck in uninterruptible I/O): callers signal anyway."""
 
     @abc.abstractmethod
     def kill(self, job_id: str) -> None:
@@ -131,7 +132,7 @@ class CgroupBackend(abc.ABC):
 
     def signal(self, job_id: str, sig: int) -> None:
         """Send sig to every process of the job. Frozen while reading the list so no PID is reused under us."""
-        self.freeze(job_id, True)
+        self.freeze(job_id, True)  # best effort: a task stuck in D state still gets the signal, on wake-up
         try:
             signal_pids(self.pids(job_id), sig)
         finally:

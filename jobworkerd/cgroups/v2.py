@@ -9,6 +9,7 @@ Under systemd that own cgroup is the unit's, handed over by Delegate=yes.
 from __future__ import annotations
 
 import os
+import time
 
 from ..errors import InternalError
 from ..worker.models import IOTarget, Limits, Usage
@@ -113,17 +114,19 @@ class V2Backend(CgroupBackend):
             return events["populated"] == 0
         return not self.pids(job_id)
 
-    def freeze(self, job_id: str, frozen: bool) -> None:
+    def freeze(self, job_id: str, frozen: bool) -> bool:
         path = self._file(job_id, "cgroup.freeze")
         if not os.path.exists(self._path(job_id)):
-            return
+            return False
         write_file(path, "1" if frozen else "0")
         # cgroup.events says 'frozen 1' once every task has stopped; thawing takes effect at once.
-        if frozen:
-            for _ in range(1000):
-                if read_keyed(self._file(job_id, "cgroup.events")).get("frozen", 1) == 1:
-                    return
-                os.sched_yield()
+        if not frozen:
+            return True
+        for _ in range(500):
+            if read_keyed(self._file(job_id, "cgroup.events")).get("frozen", 1) == 1:
+                return True
+            time.sleep(0.001)
+        return False
 
     def kill(self, job_id: str) -> None:
         kill_file = self._file(job_id, "cgroup.kill")

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -63,6 +64,9 @@ class JobManager:
         self._wake_r, self._wake_w = os.pipe()
         self._closing = False
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
+        # Ending a job can wait (processes in uninterruptible I/O die slowly); never in the monitor thread,
+        # which must keep waking followers and noticing other jobs' ends.
+        self._enders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-end")
         self.jobs_dir = os.path.join(config.run_dir, "jobs")
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -93,6 +97,7 @@ class JobManager:
         os.write(self._wake_w, b"x")
         if self._monitor.is_alive():
             self._monitor.join()
+        self._enders.shutdown(wait=True)
         self.forkserver.close()
         self.backend.teardown()
         self.store.close()
@@ -246,12 +251,17 @@ class JobManager:
             return
         if size <= cap:
             return
-        job_id = running.record.id
         running.end_reason = Reason.OUTPUT_CAPPED
         running.end_message = f"output reached the cap of {cap} bytes; job killed, output kept up to the cap"
-        self.backend.freeze(job_id, True)  # stop the writers first, then cut the file back to the cap
-        os.truncate(running.output_path, cap)
-        self.backend.kill(job_id)
+        self.backend.freeze(running.record.id, True)  # stop the writers at once; cut and kill off this thread
+        self._enders.submit(self._cut_and_kill, running, cap)
+
+    def _cut_and_kill(self, running: _Running, cap: int) -> None:
+        try:
+            os.truncate(running.output_path, cap)
+            self.backend.kill(running.record.id)
+        except Exception:
+            log.exception("job %s: cannot enforce the output cap", running.record.id)
 
     # -- the monitor thread ---------------------------------------------------------------------------------------
 
@@ -266,13 +276,19 @@ class JobManager:
                     time.sleep(MONITOR_COALESCE)
                 else:
                     self._selector.unregister(key.fd)
-                    self._finish(key.data)
+                    self._enders.submit(self._finish_logged, key.data)
 
     def _register_pending(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
         for running in pending:
             self._selector.register(running.status_fd, selectors.EVENT_READ, running)
+
+    def _finish_logged(self, running: _Running) -> None:
+        try:
+            self._finish(running)
+        except Exception:
+            log.exception("job %s: recording its end failed", running.record.id)
 
     def _finish(self, running: _Running) -> None:
         """The job's init has exited: the kernel is killing the rest of its namespace. Record the end."""
