@@ -22,6 +22,7 @@ os.environ["GRPC_SSL_CIPHER_SUITES"] = TLS12_CIPHER_SUITES
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -108,8 +109,18 @@ async def _main(config: Config) -> None:
     await run_server(config, stop)
 
 
+def raise_fd_limit() -> int:
+    """Each running job holds a status pipe and each follower an open file: lift the soft fd limit
+    (1024 by default) to the hard one (524288 under systemd)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def serve(config_path: str) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise_fd_limit()
     if os.geteuid() != 0:
         print("jobworkerd: serve must run as root (it creates cgroups and namespaces)", file=sys.stderr)
         return 1

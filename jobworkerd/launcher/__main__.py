@@ -50,6 +50,7 @@ CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+RLIMIT_NOFILE, JOB_NOFILE_SOFT = 7, 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -125,6 +126,12 @@ def exec_program(spec, exec_w):
         # program the defaults it expects (e.g. `yes | head` ends by SIGPIPE).
         for signum in (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGCHLD):
             _signal.signal(signum, _signal.SIG_DFL)
+        # The daemon lifts its own soft fd limit for its many pipes; jobs get the usual soft limit back
+        # (1024, as systemd gives services: select() breaks above it), the hard limit unchanged.
+        limit = (ctypes.c_ulong * 2)()
+        if _libc.getrlimit(RLIMIT_NOFILE, limit) == 0 and limit[0] > JOB_NOFILE_SOFT:
+            limit[0] = min(JOB_NOFILE_SOFT, limit[1])
+            _libc.setrlimit(RLIMIT_NOFILE, limit)
         uid, gid = int(spec["uid"]), int(spec["gid"])
         os.setgroups([int(g) for g in spec["group"]])
         step = "setgid"

@@ -219,7 +219,9 @@ def _read_outcome(fd: int) -> tuple[int | None, str | None]:
         if outcome is not None and init_pid is not None:
             return init_pid, outcome
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        poller = select.poll()  # not select(): the daemon holds over 1024 fds with many jobs running
+        poller.register(fd, select.POLLIN)
+        if remaining <= 0 or not poller.poll(remaining * 1000):
             raise InternalError(f"launcher did not report within {START_TIMEOUT:.0f}s")
         chunk = os.read(fd, 4096)
         if not chunk:
