@@ -44,6 +44,6 @@ if ! { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }; then
 fi
 echo "demo: jobworkerd running (pid $(cat "$PIDFILE"), log $DEV/daemon.log)"
 echo "demo: \$ jobctl run --cpu 0.5 --mem 256M -- sh -c '...'"
-jobctl run --cpu 0.5 --mem 256M -- sh -c 'echo "hello from job PID $$ as $(id -un)"; echo "processes it can see:"; ps -e -o pid=,comm=; echo "network interfaces: $(ls /sys/class/net)"'
+jobctl run --cpu 0.5 --mem 256M -- sh -c 'echo "hello from job PID $$ as $(id -un)"; echo "processes it can see:"; ps -e -o pid=,comm=; echo "network interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " ")"'
 echo "demo: done. To use jobctl yourself:  . $DEV/jobctl.env && jobctl ls"
 echo "demo: to stop the daemon:             bash scripts/demo.sh stop"

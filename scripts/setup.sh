@@ -19,6 +19,10 @@ PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+log=$(mktemp)
+if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
+       .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'; } >"$log" 2>&1; then
+  cat "$log"; echo "setup: pip install failed" >&2; rm -f "$log"; exit 1
+fi
+rm -f "$log"
 echo "setup: .venv ready ($(.venv/bin/python --version))"
