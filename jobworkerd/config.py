@@ -7,6 +7,7 @@ so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -53,8 +54,18 @@ def _duration(value: Any, key: str) -> float:
         raise ConfigError(str(exc)) from None
 
 
+MAX_STOP_GRACE = 3600.0  # JobManager.stop refuses longer grace periods
+
+
+def _stop_grace(value: Any, key: str) -> float:
+    seconds = _duration(value, key)
+    if seconds > MAX_STOP_GRACE:
+        raise ConfigError(f"{key}: at most {MAX_STOP_GRACE:.0f}s (1h), got {value!r}")
+    return seconds
+
+
 def _positive_float(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}: expected a positive number, got {value!r}")
     return float(value)
 
@@ -150,7 +161,7 @@ class Config:
         "cgroup": lambda v, k: _section(CgroupConfig, v, k),
         "limits": lambda v, k: _section(LimitsConfig, v, k),
         "run_as": lambda v, k: _section(RunAsConfig, v, k),
-        "stop_grace": _duration,
+        "stop_grace": _stop_grace,
         "max_message_bytes": _size,
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -28,8 +29,12 @@ def parse_size(text: str | int, what: str = "size") -> int:
                 f"{what} {text!r} is not a size: use a whole number of bytes "
                 "or a number with K, M, G or T (powers of 1024), e.g. 256M"
             )
-        number, suffix = float(match.group(1)), match.group(2).upper()
-        value = int(number * _SIZE_FACTORS[suffix])
+        # Decimal, not float: a float loses whole bytes above 2**53 (9007199254740993 -> ...992).
+        number, suffix = Decimal(match.group(1)), match.group(2).upper()
+        exact = number * _SIZE_FACTORS[suffix]
+        if exact != int(exact):
+            raise ValueError(f"{what} {text!r} is not a whole number of bytes")
+        value = int(exact)
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {text!r}")
     if value > MAX_SIZE:

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 
-from ..authz import Identity, check_access, identity_from_auth_context, list_owner, run_as_user
+from ..authz import Identity, check_access, check_run_as_group, identity_from_auth_context, list_owner, run_as_user
 from ..config import Config
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
@@ -44,6 +44,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     async def StartJob(self, request: pb.StartJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         identity = self._identity(context)
         user = run_as_user(identity, request.command.user, self.config.run_as)
+        check_run_as_group(identity, user, request.command.group)
         record = await self._run(self.manager.start, spec_from_request(request, user), identity.name)
         return job_to_proto(record)
 

@@ -43,9 +43,36 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in jobworkerd (incident {incident}; see its log)")
 
 
+class _Undecodable:
+    """What a request that protobuf could not parse becomes (e.g. a string field that is not UTF-8):
+    the handler answers INVALID_ARGUMENT, where grpc itself would answer UNKNOWN."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError, and anything else a parser raises
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _check_decoded(request: Any, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument(f"the request is not a valid message for {method}: {request.error}")
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _check_decoded(request, method)
             return await behavior(request, context)
         except (errors.JobWorkerError, Exception) as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -58,6 +85,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
 def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            _check_decoded(request, method)
             async for item in behavior(request, context):
                 yield item
         except (errors.JobWorkerError, Exception) as exc:
@@ -80,13 +108,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import grp
+import os
 import pwd
 
 from ..config import RunAsConfig
@@ -43,8 +45,24 @@ def run_as_user(identity: Identity, requested: str, policy: RunAsConfig) -> str:
     return user
 
 
+def check_run_as_group(identity: Identity, user: str, group: str) -> None:
+    """Anyone but an admin may name only a group the run-as user is a member of (its primary group or
+    a supplementary one): otherwise `nobody` in group `disk` (raw disks) or `root` would be one request away."""
+    if identity.is_admin or not group:
+        return
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isascii() and user.isdigit() else pwd.getpwnam(user)
+        gid = grp.getgrgid(int(group)).gr_gid if group.isascii() and group.isdigit() else grp.getgrnam(group).gr_gid
+    except (KeyError, OverflowError, ValueError):
+        return  # unknown users and groups are reported by validation, with the job's other errors
+    if gid not in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        raise PermissionDenied(
+            f"{identity.name} may run jobs as {user!r} only in that user's own groups; not in group {group!r}"
+        )
+
+
 def _uid(user: str) -> int | None:
     try:
-        return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
+        return pwd.getpwuid(int(user)).pw_uid if user.isascii() and user.isdigit() else pwd.getpwnam(user).pw_uid
     except (KeyError, OverflowError):
         return None  # unknown users are reported by validation, with the job's other errors

@@ -7,6 +7,7 @@ point means v2; v1 controllers mounted (hybrid or legacy) mean v1. Config can fo
 from __future__ import annotations
 
 import os
+import re
 
 from ..errors import InternalError
 from .base import CgroupBackend
@@ -26,7 +27,7 @@ def parse_mountinfo(text: str) -> tuple[dict[str, tuple[str, str]], tuple[str, s
         if " - " not in line:
             continue
         sep = fields.index("-")
-        root, mount_point, fstype = fields[3], fields[4], fields[sep + 1]
+        root, mount_point, fstype = _unescape(fields[3]), _unescape(fields[4]), fields[sep + 1]
         super_opts = fields[sep + 3].split(",") if len(fields) > sep + 3 else []
         if fstype == "cgroup2" and v2 is None:
             v2 = (mount_point, root)
@@ -35,6 +36,11 @@ def parse_mountinfo(text: str) -> tuple[dict[str, tuple[str, str]], tuple[str, s
                 if opt in ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer", "cpuset", "devices"):
                     v1[opt] = (mount_point, root)
     return v1, v2
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse_proc_cgroup(text: str) -> tuple[dict[str, str], str | None]:

@@ -124,12 +124,17 @@ class V1Backend(CgroupBackend):
         path = self._file("freezer", job_id, "freezer.state")
         if not os.path.exists(os.path.dirname(path)):
             return False
-        write_file(path, state)
-        for _ in range(500):
-            if read_file(path, state).strip() == state:
-                return True
-            time.sleep(0.001)
-            write_file(path, state)  # FREEZING can stall on a task in a fork; asking again moves it on
+        try:
+            write_file(path, state)
+            for _ in range(500):
+                if read_file(path, state).strip() == state:
+                    return True
+                time.sleep(0.001)
+                write_file(path, state)  # FREEZING can stall on a task in a fork; asking again moves it on
+        except InternalError:
+            if os.path.exists(os.path.dirname(path)):
+                raise
+            return False  # the job ended and its cgroup was removed meanwhile (a stop racing the job's end)
         return False
 
     def kill(self, job_id: str) -> None:

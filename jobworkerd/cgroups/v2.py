@@ -118,7 +118,12 @@ class V2Backend(CgroupBackend):
         path = self._file(job_id, "cgroup.freeze")
         if not os.path.exists(self._path(job_id)):
             return False
-        write_file(path, "1" if frozen else "0")
+        try:
+            write_file(path, "1" if frozen else "0")
+        except InternalError:
+            if os.path.exists(self._path(job_id)):
+                raise
+            return False  # the job ended and its cgroup was removed meanwhile (a stop racing the job's end)
         # cgroup.events says 'frozen 1' once every task has stopped; thawing takes effect at once.
         if not frozen:
             return True
@@ -131,7 +136,12 @@ class V2Backend(CgroupBackend):
     def kill(self, job_id: str) -> None:
         kill_file = self._file(job_id, "cgroup.kill")
         if os.path.exists(kill_file):
-            write_file(kill_file, "1")
+            try:
+                write_file(kill_file, "1")
+            except InternalError:
+                if os.path.exists(self._path(job_id)):
+                    raise
+                return  # removed meanwhile: the job has ended
             if self.wait_empty(job_id, 2.0):
                 return
         kill_until_empty(self, job_id)  # kernels before 5.14 have no cgroup.kill

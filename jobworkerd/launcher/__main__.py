@@ -50,6 +50,7 @@ CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+EXIT_STATUS_WIDTH = 16  # the raw wait status, in decimal, padded with blanks
 RLIMIT_NOFILE, JOB_NOFILE_SOFT = 7, 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -154,6 +155,9 @@ def run_init(spec, status_fd):
     check("mount-proc", _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None))
     bring_up_loopback()
     exit_fd = os.open(spec["exit_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # Allocate the exit file's space now: when the job ends, a full run directory (its own output may
+    # have filled it) must not keep the status from being written. Blanks read as "no status yet".
+    os.write(exit_fd, b" " * EXIT_STATUS_WIDTH)
     os.set_inheritable(status_fd, False)  # the program must not hold it: its EOF means "init has exited"
     exec_r, exec_w = os.pipe()  # both close-on-exec
     child = os.fork()
@@ -176,7 +180,7 @@ def run_init(spec, status_fd):
             break
         if pid == child:
             break
-    os.write(exit_fd, str(status).encode())
+    os.pwrite(exit_fd, str(status).encode().ljust(EXIT_STATUS_WIDTH), 0)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 

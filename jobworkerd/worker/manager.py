@@ -212,7 +212,7 @@ class JobManager:
             running = self._running.get(job_id)
         if running is None:
             return OutputSource(path, self.hub, lambda: True)
-        return OutputSource(path, self.hub, running.finished.is_set)
+        return OutputSource(path, self.hub, running.finished.is_set, limit=self.config.limits.output_cap)
 
     # -- stopping ----------------------------------------------------------------------------------------------
 
@@ -302,6 +302,15 @@ class JobManager:
             error = ""
         except Exception as exc:  # keep the record truthful even if the cgroup misbehaves
             usage, error = running.record.usage, f"; cgroup clean-up failed: {exc}"
+        cap = self.config.limits.output_cap
+        if _size(running.output_path) > cap:  # it wrote past the cap and ended before the cap check stopped it
+            os.truncate(running.output_path, cap)
+            if running.end_reason is None:
+                running.end_reason = Reason.OUTPUT_CAPPED
+                running.end_message = (
+                    f"output reached the cap of {cap} bytes; output kept up to the cap (the job ended by itself "
+                    "before it could be killed)"
+                )
         exit_code, sig = read_exit_file(running.exit_file)
         usage = replace(usage, output_bytes=_size(running.output_path))
         if exit_code is None and sig is None:

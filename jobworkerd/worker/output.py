@@ -21,13 +21,30 @@ from ..errors import InternalError
 
 IN_MODIFY = 0x00000002
 IN_IGNORED = 0x00008000
+IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
 
 READ_CHUNK = 256 << 10  # catching up: up to 256 KiB per read (and per gRPC message)
+MAX_OFFSET = 1 << 62  # pread needs offset + count to fit in off_t; no output file is this large
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def parse_events(data: bytes) -> tuple[set[int], bool]:
+    """inotify events -> (watch descriptors that saw a change, whether the kernel's queue overflowed)."""
+    woken: set[int] = set()
+    overflow = False
+    offset = 0
+    while offset < len(data):
+        wd, mask, _cookie, name_len = _EVENT.unpack_from(data, offset)
+        offset += _EVENT.size + name_len
+        if mask & IN_Q_OVERFLOW:
+            overflow = True
+        elif not mask & IN_IGNORED:
+            woken.add(wd)
+    return woken, overflow
 
 
 class OutputHub:
@@ -84,14 +101,10 @@ class OutputHub:
             data = os.read(self._fd, 64 << 10)
         except BlockingIOError:
             return
-        woken: set[int] = set()
-        offset = 0
-        while offset < len(data):
-            wd, mask, _cookie, name_len = _EVENT.unpack_from(data, offset)
-            offset += _EVENT.size + name_len
-            if not mask & IN_IGNORED:
-                woken.add(wd)
+        woken, overflow = parse_events(data)
         with self._lock:
+            if overflow:  # events were lost: we cannot tell whose file grew, so wake everyone
+                woken = set(self._subscribers)
             callbacks = [cb for wd in woken for cb in self._subscribers.get(wd, {}).values()]
         for callback in callbacks:
             callback()
@@ -101,12 +114,22 @@ class OutputHub:
 
 
 class OutputSource:
-    """What a follower needs from the manager: the file, and whether the job has finished."""
+    """What a follower needs from the manager: the file, whether the job has finished, and where its
+    output ends at most (a running job's output cap: the file can briefly grow past it before the job is
+    stopped and the file cut back, and followers must never send those bytes)."""
 
-    def __init__(self, path: str, hub: OutputHub, is_finished: Callable[[], bool]):
+    def __init__(self, path: str, hub: OutputHub, is_finished: Callable[[], bool], limit: int | None = None):
         self.path = path
         self.hub = hub
         self.is_finished = is_finished
+        self.limit = limit
+
+
+def _read_chunk(fd: int, offset: int, limit: int | None) -> bytes:
+    end = MAX_OFFSET if limit is None else min(limit, MAX_OFFSET)
+    if offset >= end:
+        return b""
+    return os.pread(fd, min(READ_CHUNK, end - offset), offset)
 
 
 def read_output(source: OutputSource, offset: int = 0, follow: bool = True) -> Iterator[tuple[int, bytes]]:
@@ -119,7 +142,7 @@ def read_output(source: OutputSource, offset: int = 0, follow: bool = True) -> I
             while True:
                 wake.clear()
                 finished = source.is_finished()  # before the read: a job ending after it still gets a last read
-                data = os.pread(fd, READ_CHUNK, offset)
+                data = _read_chunk(fd, offset, source.limit)
                 if data:
                     yield offset, data
                     offset += len(data)
@@ -146,7 +169,7 @@ async def aread_output(
             while True:
                 wake.clear()
                 finished = source.is_finished()
-                data = os.pread(fd, READ_CHUNK, offset)
+                data = _read_chunk(fd, offset, source.limit)
                 if data:
                     yield offset, data
                     offset += len(data)

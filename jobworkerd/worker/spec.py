@@ -78,14 +78,14 @@ def check_limits(limits: Limits, config: LimitsConfig) -> Limits:
 
 def _user(name: str) -> pwd.struct_passwd:
     try:
-        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        return pwd.getpwuid(int(name)) if name.isascii() and name.isdigit() else pwd.getpwnam(name)
     except (KeyError, OverflowError):
         raise InvalidArgument(f"run-as user {name!r} does not exist on this host") from None
 
 
 def _group(name: str) -> int:
     try:
-        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+        return grp.getgrgid(int(name)).gr_gid if name.isascii() and name.isdigit() else grp.getgrnam(name).gr_gid
     except (KeyError, OverflowError):
         raise InvalidArgument(f"run-as group {name!r} does not exist on this host") from None
 

@@ -1,0 +1,367 @@
+"""The cgroup v1 backend against a fake cgroup tree in a temp dir: exact file writes per limit, usage
+parsing, join files, removal. Plain directories stand in for cgroupfs: files do not pre-exist, writes
+create them; files the backend only reads are pre-created with what the kernel would show."""
+
+import errno
+import os
+import signal
+
+import pytest
+
+from jobworkerd.cgroups import base as base_mod
+from jobworkerd.cgroups.v1 import V1Backend
+from jobworkerd.errors import InternalError, InvalidArgument
+from jobworkerd.worker.models import IOTarget, Limits, Usage
+
+CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
+OWN = "/some/own"
+JOB = "0123456789ab"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    for controller in CONTROLLERS:
+        (tmp_path / controller / OWN.lstrip("/")).mkdir(parents=True)
+    return tmp_path
+
+
+def make(tree, subtree="x", controllers=CONTROLLERS, own=OWN):
+    mounts = {c: str(tree / c) for c in controllers}
+    return V1Backend(mounts=mounts, own={c: own for c in controllers}, subtree=subtree)
+
+
+def job_dir(tree, controller, job=JOB, subtree="x"):
+    return tree / controller / OWN.lstrip("/") / subtree / "jobs" / job
+
+
+def read(path):
+    return path.read_text()
+
+
+def files_in(path):
+    return sorted(p.name for p in path.iterdir() if p.is_file())
+
+
+def clear_files(tree, job=JOB):
+    """What the kernel does at rmdir: the control files go with the directory."""
+    for controller in CONTROLLERS:
+        d = job_dir(tree, controller, job)
+        if d.is_dir():
+            for f in d.iterdir():
+                f.unlink()
+
+
+def test_setup_creates_the_jobs_dir_beneath_our_own_cgroup_in_every_hierarchy(tree):
+    backend = make(tree)
+    backend.setup()
+    for controller in CONTROLLERS:
+        assert (tree / controller / "some/own/x/jobs").is_dir()
+    backend.setup()  # idempotent
+
+
+def test_missing_required_controller(tree):
+    with pytest.raises(InternalError, match="controllers not mounted: pids"):
+        make(tree, controllers=("cpu", "cpuacct", "memory", "blkio", "freezer"))
+
+
+def test_blkio_is_optional(tree):
+    backend = make(tree, controllers=("cpu", "cpuacct", "memory", "pids", "freezer"))
+    backend.setup()
+    backend.create(JOB, Limits(pids=5), None)
+    assert "blkio" not in backend.controllers
+    with pytest.raises(InternalError, match="blkio controller is not mounted"):
+        backend.create("another00001", Limits(io_write_bps=1), IOTarget(8, 0))
+    assert not job_dir(tree, "cpu", "another00001").exists()  # rolled back
+
+
+def test_create_makes_one_node_per_controller_and_writes_nothing_without_limits(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    for controller in CONTROLLERS:
+        assert job_dir(tree, controller).is_dir()
+        assert files_in(job_dir(tree, controller)) == []
+
+
+def test_cpu_limit_half_a_core(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(cpu=0.5), None)
+    d = job_dir(tree, "cpu")
+    assert read(d / "cpu.cfs_period_us") == "100000"
+    assert read(d / "cpu.cfs_quota_us") == "50000"
+    assert files_in(d) == ["cpu.cfs_period_us", "cpu.cfs_quota_us"]
+
+
+@pytest.mark.parametrize(("cores", "quota"), [(0.2, "20000"), (1.0, "100000"), (2.5, "250000"), (0.001, "1000"), (0.0001, "1000")])
+def test_cpu_quota_values(tree, cores, quota):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(cpu=cores), None)
+    assert read(job_dir(tree, "cpu") / "cpu.cfs_quota_us") == quota  # never below the kernel's 1 ms floor
+
+
+def test_memory_limit_without_memsw(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(memory=64 << 20), None)
+    d = job_dir(tree, "memory")
+    assert read(d / "memory.limit_in_bytes") == str(64 << 20)
+    assert files_in(d) == ["memory.limit_in_bytes"]
+
+
+def test_memory_limit_with_memsw_present(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+    # The kernel creates memory.memsw.limit_in_bytes with the node when swap accounting is on.
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if os.path.dirname(os.path.dirname(os.path.dirname(str(path)))).endswith("memory/some/own"):
+            with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as handle:
+                handle.write("9223372036854771712\n")
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    backend.create(JOB, Limits(memory=64 << 20), None)
+    d = job_dir(tree, "memory")
+    assert read(d / "memory.limit_in_bytes") == str(64 << 20)
+    assert read(d / "memory.memsw.limit_in_bytes") == str(64 << 20)  # equal: no swap for the job
+
+
+def test_pids_limit(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(pids=50), None)
+    assert read(job_dir(tree, "pids") / "pids.max") == "50"
+
+
+def test_blkio_write_bps_file_has_no_trailing_space(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(io_write_bps=2 << 20), IOTarget(8, 0))
+    d = job_dir(tree, "blkio")
+    assert files_in(d) == ["blkio.throttle.write_bps_device"]  # not "blkio.throttle.write_bps_device "
+    assert read(d / "blkio.throttle.write_bps_device") == "8:0 2097152"
+
+
+def test_all_blkio_limits(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(
+        JOB,
+        Limits(io_read_bps=1 << 20, io_write_bps=2 << 20, io_read_iops=100, io_write_iops=200),
+        IOTarget(254, 16),
+    )
+    d = job_dir(tree, "blkio")
+    assert {name: read(d / name) for name in files_in(d)} == {
+        "blkio.throttle.read_bps_device": "254:16 1048576",
+        "blkio.throttle.write_bps_device": "254:16 2097152",
+        "blkio.throttle.read_iops_device": "254:16 100",
+        "blkio.throttle.write_iops_device": "254:16 200",
+    }
+    for name in files_in(d):
+        assert name == name.strip()
+
+
+def test_every_limit_at_once(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(cpu=0.5, memory=128 << 20, pids=50, io_write_bps=2 << 20), IOTarget(8, 0))
+    assert read(job_dir(tree, "cpu") / "cpu.cfs_quota_us") == "50000"
+    assert read(job_dir(tree, "memory") / "memory.limit_in_bytes") == str(128 << 20)
+    assert read(job_dir(tree, "pids") / "pids.max") == "50"
+    assert read(job_dir(tree, "blkio") / "blkio.throttle.write_bps_device") == "8:0 2097152"
+    assert files_in(job_dir(tree, "cpuacct")) == []
+    assert files_in(job_dir(tree, "freezer")) == []
+
+
+def test_io_limits_without_a_device_are_refused_before_anything_is_created(tree):
+    backend = make(tree)
+    backend.setup()
+    with pytest.raises(InvalidArgument, match="block device"):
+        backend.create(JOB, Limits(io_write_bps=1), None)
+    for controller in CONTROLLERS:
+        assert not job_dir(tree, controller).exists()
+
+
+def test_create_refuses_an_existing_job_cgroup(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    with pytest.raises(InternalError, match="already exists"):
+        backend.create(JOB, Limits(), None)
+
+
+def test_a_failed_limit_write_removes_the_nodes(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+
+    def failing_write(path, value):
+        raise InternalError(f"cgroup write {value!r} to {path} failed: Invalid argument")
+
+    monkeypatch.setattr("jobworkerd.cgroups.v1.write_file", failing_write)
+    with pytest.raises(InternalError, match="pids.max"):
+        backend.create(JOB, Limits(pids=5), None)
+    for controller in CONTROLLERS:
+        assert not job_dir(tree, controller).exists()
+
+
+def test_join_files_are_the_tasks_files_of_every_hierarchy(tree):
+    backend = make(tree)
+    backend.setup()
+    assert backend.join_files(JOB) == [str(job_dir(tree, c) / "tasks") for c in ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")]
+
+
+def test_pids_come_from_the_pids_hierarchy(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    assert backend.pids(JOB) == []
+    (job_dir(tree, "pids") / "cgroup.procs").write_text("12\n345\n")
+    assert backend.pids(JOB) == [12, 345]
+    assert not backend.is_empty(JOB)
+    assert backend.pids("absent000000") == []
+
+
+def test_freeze_and_thaw_write_the_freezer_state(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    backend.freeze(JOB, True)
+    assert read(job_dir(tree, "freezer") / "freezer.state") == "FROZEN"
+    backend.freeze(JOB, False)
+    assert read(job_dir(tree, "freezer") / "freezer.state") == "THAWED"
+    backend.freeze("absent000000", True)  # a job whose cgroup is gone: nothing to do
+    assert not job_dir(tree, "freezer", "absent000000").exists()
+
+
+def test_signal_freezes_signals_every_pid_and_thaws(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    (job_dir(tree, "pids") / "cgroup.procs").write_text("101\n102\n")
+    events = []
+    monkeypatch.setattr(backend, "freeze", lambda job, frozen: events.append(("freeze", frozen)))
+
+    def kill(pid, sig):
+        events.append(("kill", pid, sig))
+        if pid == 102:
+            raise ProcessLookupError
+
+    monkeypatch.setattr(base_mod.os, "kill", kill)
+    backend.signal(JOB, signal.SIGTERM)
+    assert events == [("freeze", True), ("kill", 101, signal.SIGTERM), ("kill", 102, signal.SIGTERM), ("freeze", False)]
+
+
+def test_usage_is_parsed_from_the_v1_files(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    (job_dir(tree, "cpuacct") / "cpuacct.usage").write_text("1500000000\n")
+    (job_dir(tree, "memory") / "memory.max_usage_in_bytes").write_text("67108864\n")
+    (job_dir(tree, "memory") / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    (job_dir(tree, "blkio") / "blkio.throttle.io_service_bytes").write_text(
+        "8:0 Read 4096\n8:0 Write 6291456\n8:0 Sync 6291456\n8:0 Async 4096\n8:0 Discard 0\n8:0 Total 6295552\n"
+        "254:0 Read 1000\n254:0 Write 24\n254:0 Total 1024\nTotal 6296576\n"
+    )
+    assert backend.usage(JOB) == Usage(
+        cpu_seconds=1.5, memory_peak_bytes=64 << 20, io_read_bytes=5096, io_write_bytes=6291480, oom_kills=2
+    )
+
+
+def test_usage_of_a_cgroup_with_no_figures_yet(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    (job_dir(tree, "memory") / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")  # kernel < 4.13
+    assert backend.usage(JOB) == Usage()
+
+
+def test_remove_removes_every_node_and_missing_is_fine(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(cpu=1.0, pids=5), None)
+    assert backend.job_ids() == [JOB]
+    clear_files(tree)
+    backend.remove(JOB)
+    for controller in CONTROLLERS:
+        assert not job_dir(tree, controller).exists()
+    assert backend.job_ids() == []
+    backend.remove(JOB)  # already gone
+
+
+def test_remove_retries_while_busy(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    real_rmdir = os.rmdir
+    busy = {"left": 3}
+
+    def rmdir(path):
+        if busy["left"]:
+            busy["left"] -= 1
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        real_rmdir(path)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    backend.remove(JOB)
+    assert not job_dir(tree, "pids").exists()
+
+
+def test_remove_reports_other_errors_naming_the_cgroup(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(pids=5), None)  # pids.max left inside: rmdir fails with ENOTEMPTY
+    with pytest.raises(InternalError, match=f"cannot remove cgroup .*{JOB}"):
+        backend.remove(JOB)
+
+
+def test_job_ids_lists_job_cgroups_only(tree):
+    backend = make(tree)
+    assert backend.job_ids() == []  # before setup: no jobs dir
+    backend.setup()
+    backend.create("bbbbbbbbbbbb", Limits(), None)
+    backend.create("aaaaaaaaaaaa", Limits(), None)
+    (tree / "pids/some/own/x/jobs/cgroup.procs").write_text("")
+    assert backend.job_ids() == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+
+
+def test_teardown_removes_jobs_and_subtree_dirs_when_empty(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.teardown()
+    for controller in CONTROLLERS:
+        assert not (tree / controller / "some/own/x").exists()
+        assert (tree / controller / "some/own").is_dir()  # our own cgroup is never removed
+
+
+def test_teardown_keeps_dirs_that_still_hold_jobs(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    backend.teardown()
+    for controller in CONTROLLERS:
+        assert job_dir(tree, controller).is_dir()
+
+
+def test_without_subtree_jobs_live_directly_under_our_cgroup(tree):
+    backend = make(tree, subtree="")
+    backend.setup()
+    backend.create(JOB, Limits(pids=3), None)
+    assert read(tree / "pids/some/own/jobs" / JOB / "pids.max") == "3"
+    clear_files_path = tree / "pids/some/own/jobs" / JOB / "pids.max"
+    clear_files_path.unlink()
+    backend.remove(JOB)
+    backend.teardown()
+    assert not (tree / "pids/some/own/jobs").exists()
+    assert (tree / "pids/some/own").is_dir()
+
+
+def test_own_cgroup_at_the_root(tmp_path):
+    for controller in CONTROLLERS:
+        (tmp_path / controller).mkdir()
+    backend = V1Backend({c: str(tmp_path / c) for c in CONTROLLERS}, {c: "/" for c in CONTROLLERS}, "t")
+    backend.setup()
+    backend.create(JOB, Limits(cpu=0.5), None)
+    assert read(tmp_path / "cpu/t/jobs" / JOB / "cpu.cfs_quota_us") == "50000"

@@ -1,0 +1,200 @@
+"""jobworkerd.config: YAML into frozen dataclasses; every bad value is an error naming its key."""
+
+from pathlib import Path
+
+import pytest
+
+from jobworkerd.config import Config, ConfigError, LimitValues, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_empty_config_gives_the_defaults():
+    cfg = config_from_dict({})
+    assert cfg == Config()
+    assert config_from_dict(None) == Config()
+    assert cfg.state_dir == "/var/lib/jobworkerd"
+    assert cfg.run_dir == "/run/jobworkerd"
+    assert cfg.cgroup.version == "auto" and cfg.cgroup.subtree == ""
+    assert cfg.limits.default.pids == 1024  # a fork bomb is contained by default
+    assert cfg.limits.output_cap == 256 << 20
+    assert cfg.stop_grace == 10.0
+    assert cfg.run_as.default_user == "nobody"
+
+
+def test_values_are_converted():
+    cfg = config_from_dict(
+        {
+            "listen": "0.0.0.0:9000",
+            "state_dir": "/tmp/state",
+            "run_dir": "/tmp/run",
+            "cgroup": {"version": "v1", "subtree": "jobworkerd-test"},
+            "limits": {
+                "default": {"cpu": 0.5, "memory": "64M", "pids": 100},
+                "max": {"cpu": 2, "memory": 1 << 30, "pids": None},
+                "output_cap": "64K",
+            },
+            "run_as": {"default_user": "daemon", "allowed_users": ["daemon", "nobody"], "admin_default_user": "root"},
+            "stop_grace": "500ms",
+            "max_message_bytes": "1M",
+        }
+    )
+    assert cfg.listen == "0.0.0.0:9000"
+    assert cfg.cgroup.version == "v1" and cfg.cgroup.subtree == "jobworkerd-test"
+    assert cfg.limits.default == LimitValues(cpu=0.5, memory=64 << 20, pids=100)
+    assert cfg.limits.max == LimitValues(cpu=2.0, memory=1 << 30, pids=None)
+    assert isinstance(cfg.limits.max.cpu, float)
+    assert cfg.limits.output_cap == 64 << 10
+    assert cfg.run_as.allowed_users == ("daemon", "nobody")
+    assert cfg.stop_grace == 0.5
+    assert cfg.max_message_bytes == 1 << 20
+
+
+def test_a_section_given_partially_keeps_the_other_defaults():
+    cfg = config_from_dict({"limits": {"output_cap": "1M"}})
+    assert cfg.limits.default.pids == 1024
+    assert cfg.limits.output_cap == 1 << 20
+    # An explicit `default:` section replaces the defaults of that section as a whole.
+    assert config_from_dict({"limits": {"default": {"cpu": 1}}}).limits.default == LimitValues(cpu=1.0)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"listn": "x"}, "'listn'"),
+        ({"cgroup": {"subtreee": "x"}}, "'cgroup.subtreee'"),
+        ({"limits": {"default": {"memroy": "1M"}}}, "'limits.default.memroy'"),
+        ({"tls": {"crt": "/x"}}, "'tls.crt'"),
+    ],
+)
+def test_unknown_key_is_an_error_naming_it(data, key):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    message = str(info.value)
+    assert "unknown config key" in message
+    assert key in message
+    assert "known here:" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "fragments"),
+    [
+        # _str
+        ({"listen": 7443}, ["listen:", "expected a string", "7443"]),
+        ({"cgroup": {"subtree": ["a"]}}, ["cgroup.subtree:", "expected a string"]),
+        # _path
+        ({"state_dir": "var/lib/x"}, ["state_dir:", "absolute path", "'var/lib/x'"]),
+        ({"tls": {"ca": "ca.crt"}}, ["tls.ca:", "absolute path"]),
+        ({"run_dir": 5}, ["run_dir:", "expected a string"]),
+        # _size
+        ({"limits": {"output_cap": "lots"}}, ["limits.output_cap", "'lots'", "not a size"]),
+        ({"limits": {"default": {"memory": "-1M"}}}, ["limits.default.memory", "not a size"]),
+        ({"max_message_bytes": -1}, ["max_message_bytes", "must not be negative"]),
+        # _duration
+        ({"stop_grace": "soon"}, ["stop_grace", "'soon'", "not a duration"]),
+        ({"stop_grace": -3}, ["stop_grace", "non-negative"]),
+        # stop_grace: JobManager.stop refuses more than an hour, so a longer default would make every
+        # stop without an explicit grace fail (and a shutdown leave its jobs running)
+        ({"stop_grace": "2h"}, ["stop_grace:", "at most 3600s", "'2h'"]),
+        # _positive_float
+        ({"limits": {"default": {"cpu": 0}}}, ["limits.default.cpu:", "positive number", "0"]),
+        ({"limits": {"max": {"cpu": -1.5}}}, ["limits.max.cpu:", "positive number"]),
+        ({"limits": {"max": {"cpu": "two"}}}, ["limits.max.cpu:", "positive number", "'two'"]),
+        ({"limits": {"max": {"cpu": True}}}, ["limits.max.cpu:", "positive number", "True"]),
+        ({"limits": {"default": {"cpu": float("nan")}}}, ["limits.default.cpu:", "positive number", "nan"]),
+        ({"limits": {"default": {"cpu": float("inf")}}}, ["limits.default.cpu:", "positive number", "inf"]),
+        # _positive_int
+        ({"limits": {"default": {"pids": 0}}}, ["limits.default.pids:", "positive whole number"]),
+        ({"limits": {"default": {"pids": 1.5}}}, ["limits.default.pids:", "positive whole number", "1.5"]),
+        ({"limits": {"default": {"pids": True}}}, ["limits.default.pids:", "positive whole number"]),
+        # _str_list
+        ({"run_as": {"allowed_users": "nobody"}}, ["run_as.allowed_users:", "list of strings", "'nobody'"]),
+        ({"run_as": {"allowed_users": ["nobody", 5]}}, ["run_as.allowed_users:", "list of strings"]),
+        # _choice
+        ({"cgroup": {"version": "v3"}}, ["cgroup.version:", "auto, v1, v2", "'v3'"]),
+        # a section that is not a mapping
+        ({"tls": "/etc/tls"}, ["tls:", "expected a mapping"]),
+        ({"limits": {"default": [1]}}, ["limits.default:", "expected a mapping"]),
+    ],
+)
+def test_each_converter_error_names_the_key_and_the_value(data, fragments):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_stop_grace_bounds():
+    assert config_from_dict({"stop_grace": "1h"}).stop_grace == 3600.0
+    assert config_from_dict({"stop_grace": 0}).stop_grace == 0.0
+
+
+def test_yaml_nan_and_inf_cpu_are_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    for text in (".nan", ".inf"):
+        path.write_text(f"limits:\n  default:\n    cpu: {text}\n")
+        with pytest.raises(ConfigError, match="limits.default.cpu: expected a positive number"):
+            load_config(str(path))
+
+
+def test_null_limit_values_mean_no_limit():
+    cfg = config_from_dict({"limits": {"default": {"cpu": None, "memory": None, "pids": None}}})
+    assert cfg.limits.default == LimitValues()
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_load_config_from_yaml(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("state_dir: /tmp/s\nlimits:\n  output_cap: 64K\ncgroup:\n  subtree: t\n")
+    cfg = load_config(str(path))
+    assert cfg.state_dir == "/tmp/s"
+    assert cfg.limits.output_cap == 65536
+    assert cfg.cgroup.subtree == "t"
+
+
+def test_load_config_of_an_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("# nothing set\n")
+    assert load_config(str(path)) == Config()
+
+
+def test_load_config_error_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("cgroup:\n  verison: v1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value)
+    assert "'cgroup.verison'" in str(info.value)
+
+
+def test_load_config_missing_file(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "cannot read config" in str(info.value) and str(path) in str(info.value)
+
+
+def test_load_config_invalid_yaml(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("limits: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "not valid YAML" in str(info.value) and str(path) in str(info.value)
+
+
+def test_load_config_top_level_not_a_mapping(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(str(path))
+
+
+def test_the_shipped_default_config_loads_and_equals_the_built_in_defaults():
+    path = REPO / "config" / "config.yaml"
+    if not path.exists():
+        pytest.skip("config/config.yaml is not in this checkout")
+    assert load_config(str(path)) == Config()

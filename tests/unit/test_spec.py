@@ -1,0 +1,266 @@
+"""Job spec validation (jobworkerd.worker.spec.resolve): every mistake a person can make is refused
+with a typed error and a message that says what was wrong. Needs no root."""
+
+import math
+import os
+import pwd
+
+import pytest
+
+from jobworkerd.cgroups.base import CgroupBackend
+from jobworkerd.config import LimitsConfig, LimitValues
+from jobworkerd.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, StartFailed
+from jobworkerd.worker.models import IOTarget, JobSpec, Limits
+from jobworkerd.worker.spec import DEFAULT_PATH, MIN_MEMORY, check_limits, find_program, resolve
+
+NO_DEFAULTS = LimitsConfig(default=LimitValues(), max=LimitValues())
+ME = pwd.getpwuid(os.geteuid()).pw_name
+
+
+def ok(spec: JobSpec, config: LimitsConfig = NO_DEFAULTS, default_user: str = ME):
+    return resolve(spec, config, default_user)
+
+
+def refused(error: type, spec: JobSpec, config: LimitsConfig = NO_DEFAULTS, default_user: str = ME) -> str:
+    with pytest.raises(error) as info:
+        resolve(spec, config, default_user)
+    assert type(info.value) is error, f"expected exactly {error.__name__}, got {type(info.value).__name__}"
+    assert info.value.message == str(info.value)
+    return info.value.message
+
+
+# -- what a valid spec resolves to ---------------------------------------------------------------------
+
+
+def test_a_valid_spec_resolves():
+    r = ok(JobSpec("true", ("a", "b c"), env={"FOO": "bar"}))
+    assert os.path.isabs(r.program) and os.path.basename(r.program) == "true"
+    assert r.argv == ("true", "a", "b c")
+    assert r.user == ME and r.uid == os.geteuid()
+    assert r.gid == pwd.getpwuid(os.geteuid()).pw_gid
+    assert r.gid in r.groups  # the user's groups from the group database, with the primary one
+    assert r.directory == "/"
+    assert r.env["FOO"] == "bar"
+    assert r.env["PATH"] == DEFAULT_PATH
+    assert r.env["USER"] == ME and r.env["LOGNAME"] == ME and "HOME" in r.env
+    assert r.io_target is None
+
+
+def test_explicit_user_and_group_by_name_and_number():
+    r = ok(JobSpec("true", user="nobody"))
+    assert r.uid == pwd.getpwnam("nobody").pw_uid and r.user == "nobody"
+    r = ok(JobSpec("true", user=str(pwd.getpwnam("nobody").pw_uid), group="0"))
+    assert r.user == "nobody" and r.gid == 0
+
+
+def test_the_default_user_applies_when_the_spec_names_none():
+    assert ok(JobSpec("true"), default_user="nobody").user == "nobody"
+
+
+def test_the_env_path_is_used_to_find_the_program(tmp_path):
+    program = tmp_path / "myprog"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    r = ok(JobSpec("myprog", env={"PATH": str(tmp_path)}))
+    assert r.program == str(program)
+    (tmp_path / "notexec").write_text("")
+    refused(FailedPrecondition, JobSpec("notexec", env={"PATH": str(tmp_path)}))
+
+
+def test_a_relative_program_path_resolves_against_the_directory(tmp_path):
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    r = ok(JobSpec("./run.sh", directory=str(tmp_path)))
+    assert r.program == str(tmp_path / "run.sh")
+
+
+def test_directory_is_normalised(tmp_path):
+    assert ok(JobSpec("true", directory=f"{tmp_path}/./x/..")).directory == str(tmp_path)
+
+
+def test_defaults_apply_and_the_user_wins():
+    config = LimitsConfig(default=LimitValues(cpu=1.0, memory=64 << 20, pids=100), max=LimitValues())
+    assert ok(JobSpec("true"), config).limits == Limits(cpu=1.0, memory=64 << 20, pids=100)
+    limits = ok(JobSpec("true", limits=Limits(cpu=0.5, memory=32 << 20, pids=10)), config).limits
+    assert limits == Limits(cpu=0.5, memory=32 << 20, pids=10)
+
+
+# -- command, arguments, environment, name ---------------------------------------------------------------
+
+
+def test_empty_command():
+    assert refused(InvalidArgument, JobSpec("")) == "command is empty"
+
+
+def test_nul_bytes_anywhere_are_refused():
+    assert "command contains a NUL byte" in refused(InvalidArgument, JobSpec("tr\0ue"))
+    assert "argument 2 contains a NUL byte" in refused(InvalidArgument, JobSpec("true", ("ok", "b\0d")))
+    assert "contains a NUL byte" in refused(InvalidArgument, JobSpec("true", env={"A": "x\0y"}))
+    assert "contains a NUL byte" in refused(InvalidArgument, JobSpec("true", env={"A\0": "x"}))
+    assert "user contains a NUL byte" in refused(InvalidArgument, JobSpec("true", user="no\0body"))
+    assert "directory contains a NUL byte" in refused(InvalidArgument, JobSpec("true", directory="/t\0mp"))
+
+
+def test_environment_names():
+    assert "'A=B'" in refused(InvalidArgument, JobSpec("true", env={"A=B": "x"}))
+    assert "empty" in refused(InvalidArgument, JobSpec("true", env={"": "x"}))
+
+
+def test_oversized_arguments_and_environment():
+    message = refused(InvalidArgument, JobSpec("true", ("x" * (1 << 20),)))
+    assert "at most" in message and "bytes" in message
+    message = refused(InvalidArgument, JobSpec("true", env={"BIG": "x" * (600 << 10)}))
+    assert "environment is" in message and "at most" in message
+
+
+def test_job_name_with_control_characters():
+    assert "control characters" in refused(InvalidArgument, JobSpec("true", name="a\x1bb"))
+    assert "256" in refused(InvalidArgument, JobSpec("true", name="n" * 257))
+    assert ok(JobSpec("true", name="nightly backup ✓")).spec.name == "nightly backup ✓"
+
+
+# -- user, group, directory, program --------------------------------------------------------------------
+
+
+def test_unknown_user():
+    message = refused(InvalidArgument, JobSpec("true", user="no-such-user-xyz"))
+    assert message == "run-as user 'no-such-user-xyz' does not exist on this host"
+    assert "does not exist" in refused(InvalidArgument, JobSpec("true", user="4000000000"))
+    assert "does not exist" in refused(InvalidArgument, JobSpec("true", user="99999999999999999999999"))
+
+
+def test_unknown_group():
+    message = refused(InvalidArgument, JobSpec("true", group="no-such-group-xyz"))
+    assert message == "run-as group 'no-such-group-xyz' does not exist on this host"
+
+
+def test_relative_directory():
+    message = refused(InvalidArgument, JobSpec("true", directory="tmp"))
+    assert message == "directory 'tmp' must be an absolute path"
+
+
+def test_missing_directory(tmp_path):
+    message = refused(InvalidArgument, JobSpec("true", directory=str(tmp_path / "absent")))
+    assert "does not exist or is not a directory" in message and "absent" in message
+    (tmp_path / "file").write_text("")
+    assert "not a directory" in refused(InvalidArgument, JobSpec("true", directory=str(tmp_path / "file")))
+
+
+def test_missing_program_is_a_failed_precondition(tmp_path):
+    message = refused(FailedPrecondition, JobSpec("no-such-program-xyz"))
+    assert "'no-such-program-xyz' not found in PATH" in message and DEFAULT_PATH in message
+    message = refused(FailedPrecondition, JobSpec(str(tmp_path / "absent")))
+    assert message == f"program {str(tmp_path / 'absent')!r} does not exist"
+
+
+def test_missing_program_is_not_a_start_failure():
+    with pytest.raises(FailedPrecondition) as info:
+        ok(JobSpec("/no/such/program"))
+    assert not isinstance(info.value, StartFailed)
+
+
+def test_find_program_skips_directories_and_empty_entries(tmp_path):
+    (tmp_path / "tool").mkdir()  # a directory named like the program is not the program
+    assert find_program("true", f"{tmp_path}::/usr/bin:/bin", "/") in ("/usr/bin/true", "/bin/true")
+
+
+# -- limits -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cpu", [0.0, -1.0, math.nan, math.inf, -math.inf])
+def test_cpu_must_be_a_positive_finite_number(cpu):
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(cpu=cpu)))
+    assert message.startswith("cpu must be a positive number of cores (e.g. 0.5), got ")
+
+
+def test_absurd_cpu():
+    assert "not a real number of cores" in refused(InvalidArgument, JobSpec("true", limits=Limits(cpu=1e9)))
+
+
+@pytest.mark.parametrize("memory", [0, 1, 1 << 20, MIN_MEMORY - 1, -5, 1 << 63])
+def test_memory_out_of_range(memory):
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(memory=memory)))
+    assert message.startswith(f"memory must be between {MIN_MEMORY >> 20}M and ")
+    assert message.endswith(f"got {memory}")
+
+
+def test_memory_minimum_itself_is_accepted():
+    assert ok(JobSpec("true", limits=Limits(memory=MIN_MEMORY))).limits.memory == MIN_MEMORY
+
+
+@pytest.mark.parametrize("pids", [0, 1, -1, (1 << 22) + 1])
+def test_pids_out_of_range(pids):
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(pids=pids)))
+    assert message == f"pids must be between 2 and {1 << 22}, got {pids}"
+
+
+@pytest.mark.parametrize("name", ["io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_io_limits_must_be_positive(name, value):
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(**{name: value})))
+    assert message == f"{name.replace('_', '-')} must be a positive number, got {value}"
+
+
+def test_io_limit_on_something_that_is_not_a_block_device():
+    # /proc is a pseudo filesystem: no block device behind it.
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(io_write_bps=1 << 20, io_device="/proc")))
+    assert "io limits need a block device" in message and "'/proc'" in message and "--io-device" in message
+
+
+def test_io_limit_on_a_missing_device_path(tmp_path):
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(io_read_bps=1, io_device=str(tmp_path / "x"))))
+    assert message.startswith("io device ") and "No such file" in message
+
+
+def test_io_device_without_an_io_limit():
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(io_device="/")))
+    assert message == "io device given without any io limit (io read/write bps or iops)"
+
+
+def test_io_limits_default_to_the_directorys_device():
+    if not os.path.exists(f"/sys/dev/block/{os.major(os.stat('/').st_dev)}:{os.minor(os.stat('/').st_dev)}"):
+        pytest.skip("/ is not on a block device here")
+    r = ok(JobSpec("true", directory="/", limits=Limits(io_write_bps=2 << 20)))
+    assert isinstance(r.io_target, IOTarget)
+
+
+def test_backend_refuses_io_limits_without_a_device():
+    with pytest.raises(InvalidArgument, match="io limits need a block device"):
+        CgroupBackend.check_limits(Limits(io_write_bps=1), None)
+    CgroupBackend.check_limits(Limits(io_write_bps=1), IOTarget(8, 0))
+    CgroupBackend.check_limits(Limits(), None)
+
+
+@pytest.mark.parametrize(
+    ("limits", "maximum", "fragment"),
+    [
+        (Limits(cpu=2.0), LimitValues(cpu=1.0), "cpu 2.0 is over the configured maximum of 1.0"),
+        (Limits(memory=1 << 30), LimitValues(memory=256 << 20), f"memory {1 << 30} is over the configured maximum"),
+        (Limits(pids=500), LimitValues(pids=100), "pids 500 is over the configured maximum of 100"),
+        (Limits(), LimitValues(memory=256 << 20), "memory no limit is over the configured maximum"),
+    ],
+)
+def test_over_the_configured_maximum_is_resource_exhausted(limits, maximum, fragment):
+    config = LimitsConfig(default=LimitValues(), max=maximum)
+    message = refused(ResourceExhausted, JobSpec("true", limits=limits), config)
+    assert fragment in message and "ask for at most" in message
+
+
+def test_at_the_maximum_is_fine():
+    config = LimitsConfig(default=LimitValues(), max=LimitValues(cpu=1.0, memory=64 << 20, pids=100))
+    limits = ok(JobSpec("true", limits=Limits(cpu=1.0, memory=64 << 20, pids=100)), config).limits
+    assert limits == Limits(cpu=1.0, memory=64 << 20, pids=100)
+
+
+def test_a_default_over_the_maximum_is_refused_too():
+    config = LimitsConfig(default=LimitValues(pids=1024), max=LimitValues(pids=100))
+    refused(ResourceExhausted, JobSpec("true"), config)
+
+
+def test_invalid_beats_over_the_maximum():
+    config = LimitsConfig(default=LimitValues(), max=LimitValues(cpu=1.0))
+    refused(InvalidArgument, JobSpec("true", limits=Limits(cpu=-2.0)), config)
+
+
+def test_check_limits_keeps_io_settings():
+    limits = Limits(io_device="/", io_read_bps=1, io_write_bps=2, io_read_iops=3, io_write_iops=4)
+    assert check_limits(limits, NO_DEFAULTS) == limits

@@ -1,0 +1,127 @@
+"""JobStore: job records in SQLite, surviving a reopen."""
+
+import os
+import stat
+import threading
+
+import pytest
+
+from jobworkerd.worker.models import JobRecord, JobSpec, JobState, Limits, Reason, Usage
+from jobworkerd.worker.store import JobStore
+
+
+def record(job_id, owner="alice", created_at=1.0, **changes):
+    spec = JobSpec(
+        command="/bin/sh",
+        args=("-c", "echo hi; exit 3"),
+        name="greeting",
+        user="nobody",
+        group="nogroup",
+        directory="/tmp",
+        env={"A": "1", "B": "two words"},
+        limits=Limits(cpu=0.5, memory=64 << 20, io_device="/", io_write_bps=2 << 20),
+    )
+    base = JobRecord(id=job_id, owner=owner, spec=spec, limits=Limits(cpu=0.5, memory=64 << 20, pids=1024), created_at=created_at)
+    return base.evolve(**changes)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(str(tmp_path / "state"))
+    yield s
+    s.close()
+
+
+def test_put_get_round_trips_every_field(store):
+    finished = record(
+        "aaaaaaaaaaaa",
+        state=JobState.FINISHED,
+        reason=Reason.OOM_KILLED,
+        exit_code=None,
+        signal=9,
+        message="killed by the kernel's OOM killer",
+        started_at=2.0,
+        finished_at=3.5,
+        usage=Usage(cpu_seconds=0.25, memory_peak_bytes=67108864, io_read_bytes=1, io_write_bytes=2, oom_kills=1, output_bytes=5),
+        pid=4242,
+    )
+    store.put(finished)
+    got = store.get("aaaaaaaaaaaa")
+    assert got == finished
+    assert isinstance(got.spec.args, tuple)
+    assert got.state is JobState.FINISHED and got.reason is Reason.OOM_KILLED
+    assert got.finished
+
+
+def test_get_unknown_is_none(store):
+    assert store.get("nope") is None
+
+
+def test_put_updates_in_place(store):
+    store.put(record("aaaaaaaaaaaa"))
+    store.put(record("aaaaaaaaaaaa", state=JobState.RUNNING, started_at=2.0, pid=7))
+    store.put(record("aaaaaaaaaaaa", state=JobState.FINISHED, reason=Reason.EXITED, exit_code=3, finished_at=4.0))
+    got = store.get("aaaaaaaaaaaa")
+    assert got.state is JobState.FINISHED and got.exit_code == 3
+    assert len(store.list()) == 1
+
+
+def test_list_is_ordered_by_creation_and_filtered_by_owner(store):
+    store.put(record("cccccccccccc", owner="bob", created_at=3.0))
+    store.put(record("aaaaaaaaaaaa", owner="alice", created_at=1.0))
+    store.put(record("bbbbbbbbbbbb", owner="alice", created_at=2.0))
+    assert [r.id for r in store.list()] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"]
+    assert [r.id for r in store.list("alice")] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert [r.id for r in store.list("bob")] == ["cccccccccccc"]
+    assert store.list("carol") == []
+
+
+def test_unfinished(store):
+    store.put(record("aaaaaaaaaaaa", state=JobState.STARTING))
+    store.put(record("bbbbbbbbbbbb", state=JobState.RUNNING))
+    store.put(record("cccccccccccc", state=JobState.STOPPING))
+    store.put(record("dddddddddddd", state=JobState.FINISHED, reason=Reason.EXITED))
+    assert sorted(r.id for r in store.unfinished()) == ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"]
+
+
+def test_records_survive_a_reopen(tmp_path):
+    state = str(tmp_path / "state")
+    first = JobStore(state)
+    first.put(record("aaaaaaaaaaaa", state=JobState.RUNNING, pid=1))
+    first.put(record("bbbbbbbbbbbb", state=JobState.FINISHED, reason=Reason.STOPPED, signal=15))
+    first.close()
+    second = JobStore(state)
+    try:
+        assert second.get("aaaaaaaaaaaa") == record("aaaaaaaaaaaa", state=JobState.RUNNING, pid=1)
+        assert second.get("bbbbbbbbbbbb").reason is Reason.STOPPED
+        assert [r.id for r in second.unfinished()] == ["aaaaaaaaaaaa"]
+    finally:
+        second.close()
+
+
+def test_state_dir_is_created_private(tmp_path):
+    state = tmp_path / "a" / "b"
+    JobStore(str(state)).close()
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    assert (state / "jobs.sqlite3").exists()
+
+
+def test_concurrent_puts_from_many_threads(store):
+    def worker(n):
+        for i in range(20):
+            store.put(record(f"{n:06x}{i:06x}", created_at=float(i)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.list()) == 160
+
+
+def test_record_dict_round_trip():
+    r = record("aaaaaaaaaaaa", state=JobState.RUNNING)
+    data = r.to_dict()
+    assert data["state"] == "running" and data["reason"] == ""
+    assert data["spec"]["args"] == ["-c", "echo hi; exit 3"]
+    assert JobRecord.from_dict(data) == r
