@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -23,6 +24,7 @@ from ..worker.output import aread_output
 from .convert import job_to_proto, spec_from_request
 
 T = TypeVar("T")
+log = logging.getLogger("jobworkerd.api")
 
 
 class JobWorkerService(pb_grpc.JobWorkerServicer):
@@ -52,7 +54,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         identity = self._identity(context)
         await self._job(identity, request.job_id)
         grace = request.grace_seconds if request.HasField("grace_seconds") else None
-        return job_to_proto(await self._run(self.manager.stop, request.job_id, grace))
+        # Once accepted, a stop runs to its end even if the caller goes away (e.g. jobctl detaching):
+        # grpc cancels this handler then, and a half-done stop would leave a job SIGTERMed, never killed.
+        stop = asyncio.ensure_future(self._run(self.manager.stop, request.job_id, grace))
+        stop.add_done_callback(_log_orphaned_failure)
+        return job_to_proto(await asyncio.shield(stop))
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         return job_to_proto(await self._job(self._identity(context), request.job_id))
@@ -80,3 +86,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         if self.manager.when_finished(request.job_id, finished):
             await done
         return job_to_proto(await self._run(self.manager.status, request.job_id))
+
+
+def _log_orphaned_failure(task: "asyncio.Future[Any]") -> None:
+    """A shielded call whose caller went away: nobody else will see its error."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("stop finished with an error after its caller left: %s", task.exception())

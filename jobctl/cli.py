@@ -1,0 +1,250 @@
+"""`jobctl`: the command line of jobworkerd. Parses arguments and dispatches to `commands`.
+
+Imports only the standard library and `jobworkerd.units` at module level, so that `--help` and
+usage errors are quick; grpc and the generated stubs are imported once a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from jobworkerd.units import parse_duration, parse_size
+
+from .errors import JobctlError, UsageError
+
+EPILOG = """\
+connection settings, each from the first that gives it:
+  --addr/--ca/--cert/--key, then JOBCTL_ADDR/JOBCTL_CA/JOBCTL_CERT/JOBCTL_KEY,
+  then ~/.config/jobctl/config.yaml (keys addr, ca, cert, key; relative paths
+  are relative to the file). The address defaults to localhost:7443.
+
+exit status:
+  0    success
+  1    the daemon refused the request or could not be reached
+       (message: "jobctl: <reason>" on stderr)
+  2    usage error: bad option or value, missing setting; nothing was sent
+  run, wait: the job's exit code; 128+N when signal N killed it (137: SIGKILL,
+       also after an OOM kill; 143: SIGTERM, e.g. after jobctl stop)
+  130  run: detached by a second Ctrl-C (the stop asked for by the first goes on)
+  141  stdout was closed by its reader (jobctl run ... | head also stops the job)
+"""
+
+RUN_EPILOG = """\
+Attached (the default), the job's output (stdout and stderr, in the order written) goes to
+stdout as it comes, and jobctl exits with the job's exit code, or 128+N when signal N killed it;
+a one-line note on stderr says when the job was stopped, OOM-killed or hit the output cap.
+
+Ctrl-C while attached:
+  once   asks the daemon to stop the job (SIGTERM to all its processes, SIGKILL after the
+         default grace period) and keeps printing its output until it has ended; the exit
+         status is then the job's: usually 143 (SIGTERM), or 137 if it had to be killed.
+  twice  detaches at once and exits 130; the stop asked for by the first Ctrl-C goes on
+         in the daemon, which still ends the job after the grace period (jobctl status ID).
+
+If stdout is closed while attached (jobctl run ... | head), jobctl stops the job and exits 141.
+With -d, jobctl prints only the job id and exits 0; see jobctl logs -f ID and jobctl wait ID.
+
+Sizes and rates take K, M, G (powers of 1024): --mem 256M, --io-write-bps 10M.
+examples:
+  jobctl run --cpu 0.5 --mem 256M -- sh -c 'echo hello; sleep 1'
+  jobctl run -d --name backup -e TARGET=/srv -- /usr/local/bin/backup --full
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with jobctl's error format: one line, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message == "the following arguments are required: CMD":
+            message = "no program given: jobctl run [options] -- CMD [ARG...]"
+        raise UsageError(_tidy(message, self.prog))
+
+
+def _tidy(message: str, prog: str) -> str:
+    # "argument --mem: --mem '12X' is not..." -> "--mem '12X' is not..."
+    if message.startswith("argument "):
+        name, _, rest = message[len("argument ") :].partition(": ")
+        first = name.split("/")[0]
+        message = rest if rest.startswith(first) else f"{first}: {rest}"
+    return f"{message} (see {prog} --help)"
+
+
+# ---- value types: each raises ArgumentTypeError naming the option and what it accepts -----------
+
+
+def _positive_number(option: str, what: str, example: str):
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{option} {text!r} is not allowed: give a positive number of {what}, e.g. {example}")
+        return value
+
+    return convert
+
+
+def _positive_int(option: str, example: str):
+    def convert(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{option} {text!r} is not allowed: give a whole number above 0, e.g. {example}")
+        return value
+
+    return convert
+
+
+def _size(option: str, example: str, rate: bool = False):
+    def convert(text: str) -> int:
+        value_text = text[:-2] if rate and text.lower().endswith("/s") else text
+        try:
+            value = parse_size(value_text, what=option)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{option} {text!r} is not allowed: give a size above 0, e.g. {example}")
+        return value
+
+    return convert
+
+
+def _duration(option: str):
+    def convert(text: str) -> float:
+        try:
+            return parse_duration(text, what=option)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"-e {text!r} is not NAME=VALUE: give e.g. -e LANG=C.UTF-8")
+    return name, value
+
+
+def _absolute_dir(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"--dir {text!r} is not an absolute path: the job runs on the daemon's host")
+    return text
+
+
+# ---- the parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="jobctl",
+        description="Run and control jobs on a jobworkerd daemon (gRPC over mutual TLS).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # The connection options are accepted before the command and, for convenience, after it.
+    connection = Parser(add_help=False)
+    for option, default in ((parser, None), (connection, argparse.SUPPRESS)):
+        group = option.add_argument_group("connection")
+        group.add_argument("--addr", metavar="HOST:PORT", default=default, help="daemon address (default localhost:7443)")
+        group.add_argument("--ca", metavar="FILE", default=default, help="CA certificate that issued the daemon's certificate")
+        group.add_argument("--cert", metavar="FILE", default=default, help="client certificate")
+        group.add_argument("--key", metavar="FILE", default=default, help="client certificate's private key")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+
+    def command(name: str, help: str, **kwargs) -> Parser:
+        return sub.add_parser(name, help=help, description=help, parents=[connection], **kwargs)
+
+    run = command("run", "start a job and, unless -d, print its output and exit with its status",
+                  usage="jobctl run [options] -- CMD [ARG...]",
+                  epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    limits = run.add_argument_group("limits (default: the daemon's configured defaults)")
+    limits.add_argument("--cpu", metavar="N", type=_positive_number("--cpu", "CPU cores", "0.5 or 2"), help="CPU cores, fractional (0.5 = half a core)")
+    limits.add_argument("--mem", metavar="SIZE", type=_size("--mem", "256M"), help="memory limit, e.g. 256M, 2G")
+    limits.add_argument("--io-read-bps", metavar="RATE", type=_size("--io-read-bps", "10M", rate=True), help="read bytes per second, e.g. 10M")
+    limits.add_argument("--io-write-bps", metavar="RATE", type=_size("--io-write-bps", "10M", rate=True), help="write bytes per second, e.g. 10M")
+    limits.add_argument("--io-read-iops", metavar="N", type=_positive_int("--io-read-iops", "1000"), help="read operations per second")
+    limits.add_argument("--io-write-iops", metavar="N", type=_positive_int("--io-write-iops", "1000"), help="write operations per second")
+    limits.add_argument("--io-device", metavar="PATH", help="a path on the disk the io limits apply to (default: the job's directory)")
+    limits.add_argument("--pids", metavar="N", type=_positive_int("--pids", "100"), help="maximum number of processes")
+    how = run.add_argument_group("how to run")
+    how.add_argument("--user", metavar="USER", default="", help="run as this user (default: the daemon's policy)")
+    how.add_argument("--group", metavar="GROUP", default="", help="run with this group (default: the user's primary group)")
+    how.add_argument("--dir", metavar="DIR", type=_absolute_dir, help="working directory, absolute (default: /)")
+    how.add_argument("-e", "--env", metavar="NAME=VALUE", action="append", type=_env_pair, default=[], help="environment variable (repeatable)")
+    how.add_argument("--name", metavar="NAME", default="", help="a name for the job, shown by ls")
+    how.add_argument("-d", "--detach", action="store_true", help="print the job id and exit at once")
+    run.add_argument("program", metavar="CMD", nargs="+", help="the program (a path, or a name in PATH) and its arguments, after --")
+    run.set_defaults(handler="run")
+
+    logs = command("logs", "print a job's output (binary safe)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job has ended")
+    logs.add_argument("job_id", metavar="ID")
+    logs.set_defaults(handler="logs")
+
+    status = command("status", "show one job")
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    status.add_argument("job_id", metavar="ID")
+    status.set_defaults(handler="status")
+
+    ls = command("ls", "list jobs (yours; an admin sees all)")
+    ls.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    ls.set_defaults(handler="ls")
+
+    stop = command("stop", "stop a job: SIGTERM, then SIGKILL after the grace period; prints its final status")
+    stop.add_argument("--grace", metavar="SECONDS", type=_duration("--grace"), help="grace period (default: the daemon's, 10s); 10, 2.5, 500ms, 1m")
+    stop.add_argument("job_id", metavar="ID")
+    stop.set_defaults(handler="stop")
+
+    wait = command("wait", "wait for a job to end and exit with its status (as run does)")
+    wait.add_argument("job_id", metavar="ID")
+    wait.set_defaults(handler="wait")
+    return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = " (put the program and its arguments after --)" if args.cmd == "run" else ""
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint} (see jobctl --help)")
+    if args.cmd is None:
+        raise UsageError("no command given (see jobctl --help)")
+    if args.cmd == "run" and not args.program[0]:
+        raise UsageError("the program name is empty (see jobctl run --help)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        from . import commands  # grpc is imported from here on
+
+        return getattr(commands, args.handler)(args)
+    except JobctlError as err:
+        _report(err.message)
+        return err.exit_code
+    except KeyboardInterrupt:
+        _report("interrupted")
+        return 130
+    except BrokenPipeError:
+        # stdout's reader went away (jobctl logs ID | head): quietly, as a SIGPIPE'd tool would.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        return 141
+
+
+def _report(message: str) -> None:
+    sys.stderr.write(f"jobctl: {message}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""Faults against the real daemon (issue 5): a daemon SIGKILL during a stream, a full run directory, the
+output cap, OOM, a fork bomb, a job that closes its stdout, a job that double-forks a daemon, and a
+client that opens 500 streams and vanishes.
+
+Leftover processes are looked for two ways: by a unique marker that every process of the job carries in
+its command line (scanned in /proc; the scan is shown to find them while the job runs), and by the
+identities (PID + start time) of the processes that were in the job's cgroup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from faultkit import (
+    alive,
+    fd_count,
+    free_port,
+    job_cgroup_pids,
+    job_cgroups,
+    marked_processes,
+    marked_nap,
+    marked_sleep,
+    new_marker,
+    output_file,
+    read_all,
+    rpc_error,
+    rss_bytes,
+    sh,
+    start,
+    stop_job,
+    wait_job,
+    wait_until,
+)
+from jobworkerd.gen.jobworker.v1 import jobworker_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+FINISHED = pb.JOB_STATE_FINISHED
+R = pb.TerminationReason
+
+
+def assert_no_leftovers(daemon, job_id: str, marker: str, identities: list[tuple[int, int]]) -> None:
+    wait_until(lambda: not marked_processes(marker), f"no process with marker {marker} left")
+    assert not alive(identities), f"processes of job {job_id} survived: {alive(identities)}"
+    assert not job_cgroups(daemon, job_id), f"job {job_id} left cgroups: {job_cgroups(daemon, job_id)}"
+
+
+# -- (a) daemon SIGKILL during a stream ------------------------------------------------------------------------
+
+
+def test_daemon_sigkill_during_stream_client_resumes_from_offset(daemon_factory):
+    port = free_port()  # a fixed port, so the client's channel reconnects to the restarted daemon by itself
+    d = daemon_factory({"listen": f"127.0.0.1:{port}"}).start()
+    stub = d.stub()
+    marker = new_marker()
+    job = sh(stub, f"echo marker-{marker}; i=0; while :; do echo \"line $i {marker}\"; i=$((i+1)); "
+                   f"{marked_nap(marker)}; done")
+    wait_until(lambda: marked_processes(marker), "the job's processes to carry the marker")
+    identities = job_cgroup_pids(d, job.id)
+    assert identities
+
+    received = bytearray()
+    got_some = threading.Event()
+    failure: list[grpc.RpcError] = []
+
+    def follow() -> None:
+        try:
+            for chunk in stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id), timeout=120):
+                assert chunk.offset == len(received)
+                received.extend(chunk.data)
+                if len(received) >= 500:
+                    got_some.set()
+        except grpc.RpcError as exc:
+            failure.append(exc)
+        finally:
+            got_some.set()
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert got_some.wait(60) and not failure, failure
+    old_pid = d.proc.pid
+    d.kill()
+    follower.join(60)
+    assert not follower.is_alive(), "the stream did not end when the daemon died"
+    assert failure and failure[0].code() == grpc.StatusCode.UNAVAILABLE, failure
+    assert failure[0].details()
+    # The job outlives the daemon (it writes to its file directly) until the next start reconciles it.
+    assert marked_processes(marker)
+
+    d.start()
+    assert d.proc.pid != old_pid
+    # Resume on the same channel from the last offset we hold; wait_for_ready rides out the reconnect.
+    resumed = read_all(stub, job.id, offset=len(received), wait_for_ready=True)
+    final = bytes(received) + resumed
+    assert final == output_file(d, job.id).read_bytes()
+    assert final.startswith(f"marker-{marker}\nline 0 {marker}\n".encode())
+
+    record = stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30)
+    assert record.state == FINISHED
+    assert record.reason in (R.TERMINATION_REASON_LOST, R.TERMINATION_REASON_EXITED), record
+    if record.reason == R.TERMINATION_REASON_LOST:
+        assert "daemon" in record.message
+    assert record.usage.output_bytes == len(final)
+    assert_no_leftovers(d, job.id, marker, identities)
+    assert d.stop() == 0
+    assert not d.cgroup_dirs(), d.cgroup_dirs()
+
+
+# -- (b) run directory full ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path_factory):
+    mount_point = Path(tmp_path_factory.mktemp("runfull")) / "run"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=0755", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == 28, exc  # ENOSPC: full
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_run_directory_full_refuses_starts_and_running_jobs_carry_on(daemon_factory, small_tmpfs, tmp_path):
+    d = daemon_factory({"run_dir": str(small_tmpfs)}).start()
+    try:
+        stub = d.stub()
+        marker = new_marker()
+        go = tmp_path / "go"
+        running = sh(stub, f"echo started {marker}; while [ ! -e {go} ]; do {marked_nap(marker)}; "
+                           "done; exit 3")
+        wait_until(lambda: marked_processes(marker), "the running job")
+        filler = fill(small_tmpfs)
+        statvfs = os.statvfs(small_tmpfs)
+        assert statvfs.f_bavail * statvfs.f_frsize < 1 << 20
+
+        error = rpc_error(lambda: start(stub, "true"))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "run directory" in error.details() and "full" in error.details(), error.details()
+
+        # The daemon carries on: it answers, the running job runs, its output is still readable.
+        assert stub.GetJob(pb.GetJobRequest(job_id=running.id), timeout=30).state == pb.JOB_STATE_RUNNING
+        assert running.id in {j.id for j in stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs}
+        assert read_all(stub, running.id, follow=False) == f"started {marker}\n".encode()
+        assert marked_processes(marker)
+        # A job that ends while the run directory is full is still recorded truthfully.
+        go.touch()
+        ended = wait_job(stub, running.id)
+        assert (ended.reason, ended.exit_code) == (R.TERMINATION_REASON_EXITED, 3), ended
+
+        # Space comes back: starts work again.
+        filler.unlink()
+        job = start(stub, "echo", "again")
+        assert wait_job(stub, job.id).exit_code == 0
+        assert read_all(stub, job.id) == b"again\n"
+        assert not job_cgroups(d, running.id)
+    finally:
+        d.stop()  # before the tmpfs is unmounted: the daemon holds files there
+
+
+# -- (c) output cap ----------------------------------------------------------------------------------------------
+
+CAP = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    from conftest import Daemon
+
+    d = Daemon(tmp_path_factory.mktemp("capped"), {"limits": {"output_cap": "64K"}}).start()
+    yield d
+    d.stop()
+
+
+@pytest.mark.parametrize("script", [
+    "yes marker-MARK",                       # writes forever: killed at the cap
+    "head -c 1M /dev/zero; echo MARK",       # writes fast and would exit by itself
+], ids=["endless", "burst-then-exit"])
+def test_output_cap(capped, script):
+    stub = capped.stub()
+    marker = new_marker()
+    job = sh(stub, script.replace("MARK", marker))
+    streamed = read_all(stub, job.id)
+    ended = wait_job(stub, job.id)
+    assert ended.state == FINISHED
+    assert ended.reason == R.TERMINATION_REASON_OUTPUT_CAPPED, ended
+    assert f"cap of {CAP} bytes" in ended.message, ended.message
+    assert len(streamed) == CAP
+    assert output_file(capped, job.id).read_bytes() == streamed
+    assert ended.usage.output_bytes == CAP
+    assert not marked_processes(marker)
+    assert not job_cgroups(capped, job.id)
+
+
+def test_output_exactly_at_the_cap_is_not_capped(capped):
+    stub = capped.stub()
+    job = start(stub, "head", "-c", str(CAP), "/dev/zero")
+    ended = wait_job(stub, job.id)
+    assert (ended.reason, ended.exit_code) == (R.TERMINATION_REASON_EXITED, 0), ended
+    assert read_all(stub, job.id) == b"\0" * CAP
+
+
+# -- (d) OOM -------------------------------------------------------------------------------------------------------
+
+
+def test_oom_is_reported_as_oom_killed(daemon):
+    stub = daemon.stub()
+    marker = new_marker()
+    job = start(stub, "python3", "-c", "import sys; sys.stdout.write('allocating\\n'); sys.stdout.flush(); "
+                "b = b'x' * (200 << 20); print('survived')", marker,
+                limits=pb.Limits(memory_bytes=64 << 20))
+    ended = wait_job(stub, job.id)
+    assert ended.reason == R.TERMINATION_REASON_OOM_KILLED, ended
+    assert "OOM" in ended.message and str(64 << 20) in ended.message, ended.message
+    assert ended.usage.oom_kills >= 1
+    assert ended.usage.memory_peak_bytes <= 64 << 20
+    assert read_all(stub, job.id) == b"allocating\n"
+    assert not marked_processes(marker)
+    assert not job_cgroups(daemon, job.id)
+
+
+# -- (e) fork bomb ---------------------------------------------------------------------------------------------------
+
+
+FORK_BOMB = """
+import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+"""
+
+
+def test_fork_bomb_is_contained_by_pids_and_stopped_cleanly(daemon):
+    stub = daemon.stub()
+    marker = new_marker()
+    # Every process of the bomb forks for ever and is a fork of the first, so every one carries the marker
+    # in its command line. (A shell bomb fizzles out here: dash exits when a fork fails.)
+    job = start(stub, "python3", "-c", FORK_BOMB, f"bomb-{marker}", limits=pb.Limits(pids=50, cpu=1.0))
+    pids_dir = next(p for p in job_cgroups(daemon, job.id) if "/pids/" in p)
+    # The bomb runs into its wall: the kernel refused forks at the limit.
+    wait_until(lambda: int(Path(pids_dir, "pids.events").read_text().split()[1]) > 0, "pids.events max > 0")
+    assert int(Path(pids_dir, "pids.current").read_text()) <= 50
+    wait_until(lambda: 40 <= len(marked_processes(marker)) <= 50, "the bomb at its limit")
+    # The daemon carries on meanwhile: it answers and starts other jobs.
+    assert stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).state == pb.JOB_STATE_RUNNING
+    other = start(stub, "echo", "fine")
+    assert wait_job(stub, other.id).exit_code == 0
+    identities = job_cgroup_pids(daemon, job.id)
+
+    stopped = stop_job(stub, job.id, grace=1)
+    assert (stopped.state, stopped.reason) == (FINISHED, R.TERMINATION_REASON_STOPPED), stopped
+    assert_no_leftovers(daemon, job.id, marker, identities)
+
+
+# -- (f) a job that closes its stdout ----------------------------------------------------------------------------
+
+
+def test_job_that_closes_its_stdout_keeps_running_and_exits_0(daemon, tmp_path):
+    stub = daemon.stub()
+    marker = new_marker()
+    go = tmp_path / "go"
+    job = sh(stub, f"echo before-{marker}; exec >&- 2>&-; "
+                   f"while [ ! -e {go} ]; do {marked_nap(marker)}; done; exit 0")
+    result: list[bytes] = []
+    follower = threading.Thread(target=lambda: result.append(read_all(stub, job.id)))
+    follower.start()
+    wait_until(lambda: read_all(stub, job.id, follow=False), "the first line")
+    wait_until(lambda: marked_processes(marker), "the job, stdout closed, still running")
+    assert stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).state == pb.JOB_STATE_RUNNING
+    assert follower.is_alive(), "the follower must wait for the job's end, not for its stdout's"
+    go.touch()
+    ended = wait_job(stub, job.id)
+    assert (ended.reason, ended.exit_code) == (R.TERMINATION_REASON_EXITED, 0), ended
+    follower.join(60)
+    assert result == [f"before-{marker}\n".encode()]
+
+
+# -- (g) a job that double-forks a daemon ----------------------------------------------------------------------------
+
+DAEMONIZE = "setsid sh -c 'trap \"\" TERM; {sleep} & exit 0' "  # the grandchild ignores SIGTERM, in its own session
+
+
+def test_stop_ends_a_double_forked_daemon(daemon):
+    stub = daemon.stub()
+    marker = new_marker()
+    job = sh(stub, f"echo {marker}; {DAEMONIZE.format(sleep=marked_sleep(marker))}; {marked_sleep(marker)}")
+    wait_until(lambda: len(marked_processes(marker)) >= 3, "the job, its daemon and its sleep")
+    identities = job_cgroup_pids(daemon, job.id)
+    stopped = stop_job(stub, job.id, grace=1)
+    assert (stopped.state, stopped.reason) == (FINISHED, R.TERMINATION_REASON_STOPPED), stopped
+    assert_no_leftovers(daemon, job.id, marker, identities)
+
+
+def test_double_forked_daemon_dies_when_the_program_exits(daemon):
+    stub = daemon.stub()
+    marker = new_marker()
+    job = sh(stub, f"{DAEMONIZE.format(sleep=marked_sleep(marker))}; "
+                   f"while ! pgrep -f '^sleep 1000.{marker}' >/dev/null; do sleep 0.01; done; exit 0")
+    ended = wait_job(stub, job.id)
+    assert (ended.reason, ended.exit_code) == (R.TERMINATION_REASON_EXITED, 0), ended
+    assert_no_leftovers(daemon, job.id, marker, [])
+
+
+# -- a stop racing the job's own end ------------------------------------------------------------------------------
+
+
+def test_stop_racing_the_jobs_own_end_is_never_an_internal_error(daemon):
+    stub = daemon.stub()
+    reasons = set()
+    for _ in range(30):
+        job = start(stub, "true")
+        stopped = stop_job(stub, job.id, grace=0)  # the job is ending (or has ended) as the stop arrives
+        assert stopped.state == FINISHED
+        assert stopped.reason in (R.TERMINATION_REASON_STOPPED, R.TERMINATION_REASON_EXITED), stopped
+        reasons.add(stopped.reason)
+        assert not job_cgroups(daemon, job.id)
+    assert reasons
+
+
+# -- (h) a client opens 500 streams and vanishes ------------------------------------------------------------------
+
+VANISHING_CLIENT = textwrap.dedent("""
+    import sys, time, grpc
+    from jobworkerd.gen.jobworker.v1 import jobworker_pb2 as pb, jobworker_pb2_grpc as pb_grpc
+    addr, ca, crt, key, job_id, channels, per_channel = sys.argv[1:8]
+    creds = grpc.ssl_channel_credentials(open(ca, 'rb').read(), open(key, 'rb').read(), open(crt, 'rb').read())
+    calls = []
+    for i in range(int(channels)):
+        # A channel of its own (own connection) for each group of streams.
+        channel = grpc.secure_channel(addr, creds, options=[('grpc.use_local_subchannel_pool', 1)])
+        stub = pb_grpc.JobWorkerStub(channel)
+        for _ in range(int(per_channel)):
+            call = stub.StreamOutput(pb.StreamOutputRequest(job_id=job_id))
+            calls.append(call)
+    for call in calls:
+        next(call)  # every stream is open on the server and has sent its first chunk
+    print(len(calls), flush=True)
+    if sys.argv[8] == "nice":  # the polite way out: cancel every call, close every channel
+        for call in calls:
+            call.cancel()
+        sys.exit(0)
+    time.sleep(3600)
+""")
+
+
+def vanish_with_500_streams(d, job_id: str, pid: int, base_fds: int, how: str = "vanish") -> int:
+    """Runs the 500-stream client once; returns the daemon's fd count while its streams were open."""
+    crt, key = d.cert("admin", "admin")
+    client = subprocess.Popen([sys.executable, "-c", VANISHING_CLIENT, d.addr, d.ca, crt, key, job_id, "10", "50",
+                               how], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = client.stdout.readline()
+        assert line.strip() == b"500", (line, client.stderr.read() if client.poll() is not None else "")
+        # Each open stream holds the output file open in the daemon: proof that the count below measures them.
+        open_fds = fd_count(pid)
+        assert open_fds >= base_fds + 500, (base_fds, open_fds)
+    finally:
+        client.send_signal(signal.SIGKILL)  # vanishes: no cancellation, no GOAWAY, just closed sockets
+        client.wait()
+    wait_until(lambda: fd_count(pid) <= base_fds, f"daemon fds back to {base_fds} (now {fd_count(pid)})", timeout=60)
+    return open_fds
+
+
+def test_client_with_500_streams_vanishes_and_daemon_returns_to_baseline(daemon_factory):
+    d = daemon_factory().start()
+    stub = d.stub()
+    marker = new_marker()
+    job = sh(stub, f"echo {marker}; {marked_sleep(marker)}")
+    # Warm up (first TLS connection, thread pools, the job's watch, and the allocator's first 500 streams,
+    # closed politely) before taking the baseline.
+    for _ in range(3):
+        assert read_all(stub, job.id, follow=False) == f"{marker}\n".encode()
+    pid = d.proc.pid
+    vanish_with_500_streams(d, job.id, pid, fd_count(pid), how="nice")
+    base_fds, base_rss = fd_count(pid), rss_bytes(pid)
+
+    # Twice: memory that a vanished client leaves behind would add up.
+    open_fds = vanish_with_500_streams(d, job.id, pid, base_fds)
+    assert fd_count(pid) == base_fds
+    rss_first = rss_bytes(pid)
+    vanish_with_500_streams(d, job.id, pid, base_fds)
+    assert fd_count(pid) == base_fds
+    rss_second = rss_bytes(pid)
+    assert max(rss_first, rss_second) <= base_rss + (20 << 20), (base_rss, rss_first, rss_second)
+
+    # Still serving, and the job is untouched.
+    assert stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).state == pb.JOB_STATE_RUNNING
+    assert read_all(stub, job.id, follow=False) == f"{marker}\n".encode()
+    print(f"500-stream client (twice): daemon fds {base_fds} -> {open_fds} -> {fd_count(pid)}, "
+          f"RSS {base_rss / 1e6:.1f} MB -> {rss_first / 1e6:.1f} MB -> {rss_second / 1e6:.1f} MB")
+    stop_job(stub, job.id, grace=0)
+    assert not marked_processes(marker)
