@@ -79,7 +79,14 @@ class Client:
         return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
     def list(self) -> list[pb.Job]:
-        return list(self._call(self._stub.ListJobs, pb.ListJobsRequest()).jobs)
+        jobs: list[pb.Job] = []
+        token = ""
+        while True:
+            page = self._call(self._stub.ListJobs, pb.ListJobsRequest(page_token=token))
+            jobs += page.jobs
+            token = page.next_page_token
+            if not token:
+                return jobs
 
     def wait(self, job_id: str, connected: bool = False) -> pb.Job:
         """WaitJob; reconnects if the daemon goes away while waiting (it may take a long time)."""

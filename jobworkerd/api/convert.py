@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
+from ..errors import InvalidArgument
 from ..worker.models import JobRecord, JobSpec, JobState, Limits, Reason
 
 STATES = {
@@ -105,3 +108,32 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         if stamp is not None:
             getattr(job, field).CopyFrom(stamp)
     return job
+
+
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    if requested > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size {requested} is too large; at most {MAX_PAGE_SIZE}")
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def page_token(last: JobRecord) -> str:
+    """Opaque to clients: where the next page starts. repr() of a float round-trips exactly, so no job
+    at a page boundary is skipped or repeated."""
+    return f"{last.created_at!r}/{last.id}"
+
+
+def page_after(token: str) -> tuple[float, str] | None:
+    if not token:
+        return None
+    created, _, job_id = token.partition("/")
+    try:
+        created_at = float(created)
+    except ValueError:
+        created_at = math.nan
+    if not math.isfinite(created_at) or len(job_id) != 12:
+        raise InvalidArgument("page_token is not one this server handed out; start again with an empty token")
+    return created_at, job_id

@@ -21,7 +21,7 @@ from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from ..worker import JobManager, JobRecord
 from ..worker.output import aread_output
-from .convert import job_to_proto, spec_from_request
+from .convert import job_to_proto, page_after, page_size, page_token, spec_from_request
 
 T = TypeVar("T")
 log = logging.getLogger("jobworkerd.api")
@@ -64,8 +64,13 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         return job_to_proto(await self._job(self._identity(context), request.job_id))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
-        records = await self._run(self.manager.list, list_owner(self._identity(context)))
-        return pb.ListJobsResponse(jobs=[job_to_proto(r) for r in records])
+        owner = list_owner(self._identity(context))
+        size = page_size(request.page_size)
+        records = await self._run(self.manager.list, owner, page_after(request.page_token), size + 1)
+        page, more = records[:size], len(records) > size
+        return pb.ListJobsResponse(
+            jobs=[job_to_proto(r) for r in page], next_page_token=page_token(page[-1]) if more else ""
+        )
 
     async def StreamOutput(
         self, request: pb.StreamOutputRequest, context: grpc.aio.ServicerContext

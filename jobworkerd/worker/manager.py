@@ -179,8 +179,11 @@ class JobManager:
             raise NotFound(f"no job with id {job_id!r}")
         return record
 
-    def list(self, owner: str | None = None) -> list[JobRecord]:
-        records = self.store.list(owner)
+    def list(
+        self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None
+    ) -> list[JobRecord]:
+        """Jobs oldest first (of one owner, or all); a page of `limit` after (created_at, id) if given."""
+        records = self.store.list(owner, after, limit)
         with self._lock:
             running = dict(self._running)
         return [self._live(running[r.id]) if r.id in running else r for r in records]

@@ -51,14 +51,24 @@ class JobStore:
             row = self._db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobRecord.from_dict(json.loads(row[0])) if row else None
 
-    def list(self, owner: str | None = None) -> list[JobRecord]:
-        query = "SELECT record FROM jobs"
-        params: tuple[str, ...] = ()
+    def list(
+        self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None
+    ) -> list[JobRecord]:
+        """Oldest first; `after` (created_at, id) of the last record of the previous page."""
+        clauses, params = [], []
         if owner is not None:
-            query += " WHERE owner = ?"
-            params = (owner,)
+            clauses.append("owner = ?")
+            params.append(owner)
+        if after is not None:
+            clauses.append("(created_at, id) > (?, ?)")
+            params += list(after)
+        query = "SELECT record FROM jobs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        query += " ORDER BY created_at, id"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at", params).fetchall()
+            rows = self._db.execute(query, params).fetchall()
         return [JobRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def unfinished(self) -> list[JobRecord]:

@@ -249,3 +249,21 @@ def test_stream_output_follows_and_two_streams_match(daemon):
     while stub.GetJob(pb.GetJobRequest(job_id=job.id)).state != pb.JOB_STATE_FINISHED:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_list_jobs_pages_through_everything(daemon_factory):
+    d = daemon_factory().start()
+    stub = d.stub("pager", "user")
+    started = [start(stub, "true").id for _ in range(7)]
+    seen, token = [], ""
+    while True:
+        page = stub.ListJobs(pb.ListJobsRequest(page_size=3, page_token=token), timeout=15)
+        assert len(page.jobs) <= 3
+        seen += [j.id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == started
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListJobs(pb.ListJobsRequest(page_token="garbage"), timeout=15)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -57,3 +57,19 @@ def test_record_to_job():
     assert job.limits.memory_bytes == 64 << 20 and not job.limits.HasField("cpu")
     assert job.finished_at.ToNanoseconds() == 3_250_000_000
     assert job.usage.oom_kills == 1
+
+
+def test_page_tokens_round_trip_exactly_and_bad_ones_are_refused():
+    from jobworkerd.api.convert import page_after, page_size, page_token
+    from jobworkerd.errors import InvalidArgument
+
+    record = JobRecord(id="0123456789ab", owner="a", spec=JobSpec(command="true"), limits=Limits(),
+                       created_at=1795900111.2964964)
+    assert page_after(page_token(record)) == (1795900111.2964964, "0123456789ab")
+    assert page_after("") is None
+    for bad in ("x", "nan/0123456789ab", "1.5/short", "1.5"):
+        with pytest.raises(InvalidArgument):
+            page_after(bad)
+    assert page_size(0) == 500 and page_size(7) == 7
+    with pytest.raises(InvalidArgument):
+        page_size(1001)

@@ -125,3 +125,20 @@ def test_record_dict_round_trip():
     assert data["state"] == "running" and data["reason"] == ""
     assert data["spec"]["args"] == ["-c", "echo hi; exit 3"]
     assert JobRecord.from_dict(data) == r
+
+
+def test_list_pages_oldest_first_without_gaps_or_repeats(tmp_path):
+    from jobworkerd.worker.models import JobRecord, JobSpec, Limits
+    from jobworkerd.worker.store import JobStore
+
+    store = JobStore(str(tmp_path))
+    for i in range(7):  # two records share a creation time: the id breaks the tie
+        store.put(JobRecord(id=f"{i:012x}", owner="a" if i % 2 else "b", spec=JobSpec(command="true"),
+                            limits=Limits(), created_at=100.0 + (i // 2) * 0.1))
+    seen, after = [], None
+    while page := store.list(after=after, limit=3):
+        seen += [r.id for r in page]
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == [f"{i:012x}" for i in range(7)]
+    assert [r.id for r in store.list(owner="a", after=(100.0, "000000000000"), limit=10)] == \
+        ["000000000001", "000000000003", "000000000005"]
