@@ -152,6 +152,9 @@ class Config:
     run_as: RunAsConfig = field(default_factory=RunAsConfig)
     stop_grace: float = 10.0
     max_message_bytes: int = 4 << 20  # gRPC receive limit; a request larger than this is refused
+    # Output of a finished job is deleted this long after its last write (0: kept until reboot).
+    # Records stay; only the output goes.
+    output_retention: float = 7 * 86400.0
 
     _convert = {
         "listen": _str,
@@ -163,6 +166,7 @@ class Config:
         "run_as": lambda v, k: _section(RunAsConfig, v, k),
         "stop_grace": _stop_grace,
         "max_message_bytes": _size,
+        "output_retention": _duration,
     }
 
 

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 MAX_SIZE = (1 << 63) - 1
 
@@ -49,7 +49,7 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
     else:
         match = _DURATION_RE.match(str(text))
         if not match:
-            raise ValueError(f"{what} {text!r} is not a duration: use seconds (10, 2.5) or 500ms, 10s, 2m, 1h")
+            raise ValueError(f"{what} {text!r} is not a duration: use seconds (10, 2.5) or 500ms, 10s, 2m, 1h, 7d")
         value = float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite, non-negative number of seconds, got {text!r}")

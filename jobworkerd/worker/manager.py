@@ -12,6 +12,7 @@ import math
 import os
 import pwd
 import selectors
+import shutil
 import signal
 import threading
 import time
@@ -35,6 +36,7 @@ MIN_FREE_RUN_DIR = 1 << 20  # refuse to start a job when the run directory has l
 MAX_GRACE = 3600.0
 KILL_SETTLE = 5.0  # after SIGKILL, how long the init may take to be reported gone
 MONITOR_COALESCE = 0.002  # at most one inotify dispatch per 2 ms, however fast jobs write
+SWEEP_INTERVAL = 60.0  # how often finished jobs' output is checked against output_retention
 
 
 @dataclass
@@ -210,7 +212,10 @@ class JobManager:
         self.status(job_id)  # NotFound for unknown ids
         path = os.path.join(self.jobs_dir, job_id, "output")
         if not os.path.exists(path):
-            raise NotFound(f"the output of job {job_id} is gone (the run directory is cleared at reboot)")
+            raise NotFound(
+                f"the output of job {job_id} is gone: output is kept for output_retention "
+                f"({self.config.output_retention:.0f}s) after the job's last write, and not across reboots"
+            )
         with self._lock:
             running = self._running.get(job_id)
         if running is None:
@@ -269,8 +274,12 @@ class JobManager:
     # -- the monitor thread ---------------------------------------------------------------------------------------
 
     def _monitor_loop(self) -> None:
+        next_sweep = time.monotonic()
         while not self._closing:
-            for key, _ in self._selector.select():
+            if time.monotonic() >= next_sweep:
+                self._enders.submit(self.sweep_output)
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
+            for key, _ in self._selector.select(SWEEP_INTERVAL):
                 if key.data == "wake":
                     os.read(self._wake_r, 4096)
                     self._register_pending()
@@ -340,6 +349,34 @@ class JobManager:
         self.hub.notify(running.output_path)
         for callback in running.on_finish:
             callback()
+
+    def sweep_output(self) -> list[str]:
+        """Delete the output of finished jobs last written over output_retention ago. Returns their ids."""
+        retention = self.config.output_retention
+        if not retention:
+            return []
+        cutoff = time.time() - retention
+        with self._lock:
+            running = set(self._running)
+        removed = []
+        try:
+            entries = list(os.scandir(self.jobs_dir))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if entry.name in running or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                last_write = os.stat(os.path.join(entry.path, "output")).st_mtime
+            except FileNotFoundError:
+                last_write = entry.stat().st_mtime  # a job being created right now has no output file yet
+            if last_write >= cutoff:
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+        if removed:
+            log.info("removed the output of %d finished job(s) older than %.0fs", len(removed), retention)
+        return removed
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
