@@ -47,6 +47,22 @@ def parse_events(data: bytes) -> tuple[set[int], bool]:
     return woken, overflow
 
 
+class _LoopFanout:
+    """The asyncio followers of one file in one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.events: set[asyncio.Event] = set()
+        self.handle: tuple[str, int] | None = None
+
+    def wake_from_any_thread(self) -> None:
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        for event in self.events:
+            event.set()
+
+
 class OutputHub:
     """Shares one inotify watch per output file between the manager and all followers."""
 
@@ -58,6 +74,7 @@ class OutputHub:
         self._wd_by_path: dict[str, int] = {}
         self._subscribers: dict[int, dict[int, Callable[[], None]]] = {}
         self._next_token = 0
+        self._fanouts: dict[tuple[int, str], _LoopFanout] = {}
 
     def fileno(self) -> int:
         return self._fd
@@ -86,6 +103,33 @@ class OutputHub:
             if not subscribers:
                 del self._wd_by_path[path], self._subscribers[wd]
                 _libc.inotify_rm_watch(self._fd, wd)
+
+    def subscribe_async(self, path: str, event: asyncio.Event) -> tuple[int, str, asyncio.Event]:
+        """Set `event` when `path` changes. All asyncio followers of one file in one event loop share a
+        single subscription: one cross-thread wake-up per change, however many followers there are."""
+        loop = asyncio.get_running_loop()
+        key = (id(loop), path)
+        with self._lock:
+            fanout = self._fanouts.get(key)
+            if fanout is None:
+                fanout = self._fanouts[key] = _LoopFanout(loop)
+        if fanout.handle is None:  # the loop thread is the only one that creates or drops a fanout
+            fanout.handle = self.subscribe(path, fanout.wake_from_any_thread)
+        fanout.events.add(event)
+        return key[0], path, event
+
+    def unsubscribe_async(self, handle: tuple[int, str, asyncio.Event]) -> None:
+        loop_id, path, event = handle
+        with self._lock:
+            fanout = self._fanouts.get((loop_id, path))
+            if fanout is None:
+                return
+            fanout.events.discard(event)
+            if fanout.events:
+                return
+            del self._fanouts[(loop_id, path)]
+        if fanout.handle is not None:
+            self.unsubscribe(fanout.handle)
 
     def notify(self, path: str) -> None:
         """Wake every subscriber of path (used when a job ends: followers must re-check)."""
@@ -160,9 +204,8 @@ async def aread_output(
 ) -> AsyncIterator[tuple[int, bytes]]:
     """asyncio follower. While following, waits `coalesce` seconds after a wake-up so that a job writing
     many small lines costs one message per few ms, not one per line."""
-    loop = asyncio.get_running_loop()
     wake = asyncio.Event()
-    handle = source.hub.subscribe(source.path, lambda: loop.call_soon_threadsafe(wake.set)) if follow else None
+    handle = source.hub.subscribe_async(source.path, wake) if follow else None
     try:
         with open(source.path, "rb", buffering=0) as handle_file:
             fd = handle_file.fileno()
@@ -181,4 +224,4 @@ async def aread_output(
                     await asyncio.sleep(coalesce)
     finally:
         if handle is not None:
-            source.hub.unsubscribe(handle)
+            source.hub.unsubscribe_async(handle)

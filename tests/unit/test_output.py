@@ -338,3 +338,43 @@ def test_parse_events_reports_changed_watches_and_queue_overflow():
     assert parse_events(events) == ({3, 5}, False)
     assert parse_events(_EVENT.pack(7, IN_IGNORED, 0, 0)) == (set(), False)
     assert parse_events(events + _EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0)) == ({3, 5}, True)
+
+
+def test_asyncio_followers_of_one_file_share_one_subscription(tmp_path):
+    import asyncio
+
+    from jobworkerd.worker.output import OutputHub, OutputSource, aread_output
+
+    path = tmp_path / "output"
+    path.write_bytes(b"")
+    hub = OutputHub()
+    finished = False
+    source = OutputSource(str(path), hub, lambda: finished)
+
+    async def follower() -> bytes:
+        return b"".join([data async for _, data in aread_output(source, coalesce=0)])
+
+    async def main() -> list[bytes]:
+        nonlocal finished
+        tasks = [asyncio.create_task(follower()) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        assert sum(len(subs) for subs in hub._subscribers.values()) == 1  # one watch, one subscriber
+        with open(path, "ab") as handle:
+            handle.write(b"hello\n")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _dispatch_until_woken, hub)
+        finished = True
+        hub.notify(str(path))
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    assert results == [b"hello\n"] * 10
+    assert not hub._subscribers  # the last follower to leave dropped the shared subscription
+    hub.close()
+
+
+def _dispatch_until_woken(hub) -> None:
+    import select
+
+    select.select([hub.fileno()], [], [], 5)
+    hub.dispatch()
