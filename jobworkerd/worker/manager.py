@@ -425,14 +425,9 @@ class JobManager:
                 continue
             exit_file = os.path.join(self.jobs_dir, job_id, "exit")
             exit_code, sig = read_exit_file(exit_file)
-            if record.state is JobState.STARTING:
-                reason, message = Reason.FAILED_TO_START, "the daemon stopped while the job was starting"
-            elif was_running or (exit_code is None and sig is None):
-                reason = Reason.LOST
-                message = "the daemon stopped while the job ran; the job was killed when the daemon restarted"
-            else:
-                reason, message = classify_end(exit_code, sig, usage.oom_kills if usage else 0, record.limits.memory)
-                message = (message + "; " if message else "") + "it ended while the daemon was down"
+            reason, message = classify_recovered(
+                record, was_running, exit_code, sig, usage.oom_kills if usage else 0
+            )
             output_bytes = _size(os.path.join(self.jobs_dir, job_id, "output"))
             self.store.put(
                 record.evolve(
@@ -468,6 +463,22 @@ def read_exit_file(path: str) -> tuple[int | None, int | None]:
     if os.WIFSIGNALED(status):
         return None, os.WTERMSIG(status)
     return os.WEXITSTATUS(status), None
+
+
+def classify_recovered(
+    record: JobRecord, was_running: bool, exit_code: int | None, sig: int | None, oom_kills: int
+) -> tuple[Reason, str]:
+    """How a job recorded as unfinished ended, judged at the next start after the daemon died."""
+    if record.state is JobState.STARTING:
+        return Reason.FAILED_TO_START, "the daemon stopped while the job was starting"
+    if was_running or (exit_code is None and sig is None):
+        return Reason.LOST, "the daemon stopped while the job ran; the job was killed when the daemon restarted"
+    reason, message = classify_end(exit_code, sig, oom_kills, record.limits.memory)
+    if reason is Reason.EXITED and sig == signal.SIGKILL:
+        # Most likely killed with the daemon's service (systemd empties the unit's cgroup when the daemon
+        # dies): not an end of its own. Its exit status is kept beside the reason.
+        return Reason.LOST, "the job was killed (SIGKILL) while the daemon was down, most likely with the daemon"
+    return reason, (message + "; " if message else "") + "it ended while the daemon was down"
 
 
 def classify_end(exit_code: int | None, sig: int | None, oom_kills: int, memory: int | None) -> tuple[Reason, str]:

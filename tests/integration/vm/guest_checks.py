@@ -1,0 +1,598 @@
+#!/usr/bin/python3
+"""The VM tier's guest side: runs as root inside the throwaway Debian 12 guest (systemd, pure cgroup
+v2), standard library only. Installs the shared .deb with apt (no network), drives the service
+through jobctl and the cgroup files, and writes to the share (/mnt/host/out):
+
+    results.json   {"checks": [{"name", "ok", "detail", "seconds"}...], "facts": {...}}, rewritten
+                   after every check so a timeout still leaves the earlier results
+    transcript.txt install output, systemctl status, a limited job (for the closing note)
+    jobworkerd-journal.txt   journalctl -u jobworkerd
+
+Assertions are on cgroup counters and on what the daemon recorded, with loose bounds where time is
+involved: the guest runs under software emulation and is slow.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+
+SHARE = "/mnt/host"
+OUT = os.path.join(SHARE, "out")
+SERVICE = "jobworkerd.service"
+SVC_CG = "/sys/fs/cgroup/system.slice/jobworkerd.service"
+JOBS_CG = os.path.join(SVC_CG, "jobs")
+MiB = 1024 * 1024
+
+checks: list[dict] = []
+facts: dict = {}
+_transcript = open(os.path.join(OUT, "transcript.txt"), "w", buffering=1)
+
+
+def save() -> None:
+    tmp = os.path.join(OUT, "results.json.tmp")
+    with open(tmp, "w") as handle:
+        json.dump({"checks": checks, "facts": facts}, handle, indent=2, default=str)
+    os.replace(tmp, os.path.join(OUT, "results.json"))
+
+
+def note(text: str) -> None:
+    print(text, flush=True)
+
+
+def transcript(text: str) -> None:
+    _transcript.write(text if text.endswith("\n") else text + "\n")
+
+
+def sh(cmd: str | list[str], timeout: float = 120, record: bool = False) -> subprocess.CompletedProcess:
+    """Run a command (a string goes through sh), output captured as text (stderr merged)."""
+    shell = isinstance(cmd, str)
+    shown = cmd if shell else shlex.join(cmd)
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        proc = subprocess.CompletedProcess(cmd, 124, out + f"\n[timed out after {timeout}s]\n")
+    took = time.monotonic() - start
+    note(f"$ {shown}  -> rc={proc.returncode} ({took:.1f}s)")
+    if record:
+        shown_out = "".join(l for l in proc.stdout.splitlines(keepends=True)
+                            if not (l.startswith("(Reading database") and "files and directories" not in l))
+        transcript(f"# {shown}\n{shown_out}" + (f"[exit status {proc.returncode}]\n" if proc.returncode else ""))
+    return proc
+
+
+def must(cmd: str | list[str], timeout: float = 120, record: bool = False) -> str:
+    proc = sh(cmd, timeout=timeout, record=record)
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd!r} exited {proc.returncode}: {proc.stdout.strip()[-2000:]}")
+    return proc.stdout
+
+
+class Skip(Exception):
+    """A check that could not run because an earlier one failed."""
+
+
+def check(name: str, needs: tuple[str, ...] = ()):
+    """Run fn as the check `name`; fn returns a dict of details or raises AssertionError."""
+
+    def decorator(fn):
+        start = time.monotonic()
+        note(f"=== {name}")
+        entry: dict = {"name": name, "ok": False, "detail": {}}
+        try:
+            failed = [n for n in needs if not any(c["name"] == n and c["ok"] for c in checks)]
+            if failed:
+                raise Skip(f"not run: needs {', '.join(failed)}")
+            entry["detail"] = fn() or {}
+            entry["ok"] = True
+        except Skip as exc:
+            entry["error"] = str(exc)
+            entry["skipped"] = True
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["traceback"] = traceback.format_exc()
+        entry["seconds"] = round(time.monotonic() - start, 1)
+        checks.append(entry)
+        note(f"=== {name}: {'ok' if entry['ok'] else 'FAILED ' + entry.get('error', '')} ({entry['seconds']}s)")
+        save()
+        return fn
+
+    return decorator
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def keyed(path: str) -> dict[str, int]:
+    """A flat keyed cgroup file (memory.events, cpu.stat, pids.events) as a dict."""
+    result = {}
+    for line in read(path).splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            result[key] = int(value)
+    return result
+
+
+def io_stat(path: str, dev: str) -> dict[str, int]:
+    for line in read(path).splitlines():
+        fields = line.split()
+        if fields and fields[0] == dev:
+            return {k: int(v) for k, v in (f.split("=", 1) for f in fields[1:])}
+    return {}
+
+
+def jobctl(*args: str, timeout: float = 120, record: bool = False) -> subprocess.CompletedProcess:
+    return sh(["jobctl", *args], timeout=timeout, record=record)
+
+
+def start(*args: str) -> str:
+    """jobctl run -d ARGS -> the job id."""
+    job_id = must(["jobctl", "run", "-d", *args]).strip().splitlines()[-1].strip()
+    if not job_id or " " in job_id:
+        raise AssertionError(f"jobctl run -d printed {job_id!r}, not a job id")
+    return job_id
+
+
+def status(job_id: str) -> dict:
+    return json.loads(must(["jobctl", "status", "-o", "json", job_id]))
+
+
+def wait_for(what: str, predicate, timeout: float = 60, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_running(job_id: str, timeout: float = 60) -> str:
+    """`jobctl run -d` returns once the program has been exec'd: wait (without more jobctl calls,
+    which are slow under emulation) until the job's cgroup holds its processes. Returns the cgroup."""
+
+    def populated():
+        try:
+            cg = job_cgroup(job_id)
+            return cg if read(os.path.join(cg, "cgroup.procs")).split() else None
+        except (AssertionError, OSError):
+            return None
+
+    return wait_for(f"job {job_id}'s cgroup populated", populated, timeout, 0.2)
+
+
+def wait_finished(job_id: str, timeout: float = 120) -> dict:
+    sh(["jobctl", "wait", job_id], timeout=timeout)
+    return wait_for(f"job {job_id} finished", lambda: (j := status(job_id))["state"] == "finished" and j, 30)
+
+
+def stop(job_id: str, grace: str = "2") -> dict:
+    """jobctl stop returns the job's final status once it has ended."""
+    must(["jobctl", "stop", "--grace", grace, job_id], timeout=120)
+    return wait_for(f"job {job_id} finished", lambda: (j := status(job_id))["state"] == "finished" and j, 60, 1)
+
+
+def job_cgroup(job_id: str) -> str:
+    path = os.path.join(JOBS_CG, job_id)
+    if os.path.isdir(path):
+        return path
+    found = [p for p in glob.glob(os.path.join(JOBS_CG, "*")) if job_id in os.path.basename(p)]
+    if len(found) == 1:
+        return found[0]
+    raise AssertionError(f"no cgroup for job {job_id} under {JOBS_CG}: {os.listdir(JOBS_CG) if os.path.isdir(JOBS_CG) else 'missing'}")
+
+
+def show(*props: str) -> dict[str, str]:
+    out = must(["systemctl", "show", SERVICE, *[f"--property={p}" for p in props]])
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def procs_under(prefix: str) -> list[tuple[int, str, str]]:
+    """(pid, comm, cgroup) of every process whose cgroup v2 path starts with prefix."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cgroup = read(f"/proc/{entry}/cgroup").strip().split("::", 1)[-1]
+            comm = read(f"/proc/{entry}/comm").strip()
+        except OSError:
+            continue
+        if cgroup.startswith(prefix):
+            found.append((int(entry), comm, cgroup))
+    return found
+
+
+def cpu_max_cores(text: str) -> float | None:
+    """'20000 100000' -> 0.2; 'max 100000' -> None."""
+    quota, _, period = text.strip().partition(" ")
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def root_device() -> str:
+    return must(["mountpoint", "-d", "/"]).strip()
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    facts["kernel"] = os.uname().release
+    facts["cgroup_controllers"] = read("/sys/fs/cgroup/cgroup.controllers").strip()
+    debs = sorted(glob.glob(os.path.join(SHARE, "jobworkerd_*.deb")))
+
+    @check("install")
+    def _():
+        if len(debs) != 1:
+            raise AssertionError(f"expected one jobworkerd_*.deb in the share, found {debs}")
+        local = os.path.join("/root", os.path.basename(debs[0]))
+        must(["cp", debs[0], local])
+        t0 = time.monotonic()
+        out = must(f"DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {shlex.quote(local)}",
+                   timeout=300, record=True)
+        facts["apt_install_seconds"] = round(time.monotonic() - t0, 1)
+        for path in ("/usr/bin/jobworkerd", "/usr/bin/jobctl", "/etc/jobworkerd/config.yaml",
+                     "/lib/systemd/system/jobworkerd.service", "/etc/jobworkerd/tls/ca.crt",
+                     "/etc/jobworkerd/tls/ca.key", "/etc/jobworkerd/tls/server.crt",
+                     "/etc/jobworkerd/tls/server.key", "/root/.config/jobctl/config.yaml",
+                     "/root/.config/jobctl/root.crt", "/root/.config/jobctl/root.key"):
+            if not os.path.exists(path):
+                raise AssertionError(f"{path} missing after install")
+        modes = {p: oct(os.stat(p).st_mode & 0o777) for p in ("/etc/jobworkerd/tls/ca.key",
+                 "/etc/jobworkerd/tls/server.key", "/root/.config/jobctl/root.key")}
+        loose = {p: m for p, m in modes.items() if int(m, 8) & 0o077}
+        if loose:
+            raise AssertionError(f"private keys readable by others: {loose}")
+        conffiles = must(["dpkg-query", "-W", "-f=${Conffiles}", "jobworkerd"])
+        if "/etc/jobworkerd/config.yaml" not in conffiles:
+            raise AssertionError(f"config.yaml is not a conffile: {conffiles!r}")
+        return {"apt_seconds": facts["apt_install_seconds"], "key_modes": modes, "apt_tail": out.strip().splitlines()[-3:]}
+
+    @check("service-active", needs=("install",))
+    def _():
+        wait_for("jobworkerd active", lambda: sh(["systemctl", "is-active", SERVICE]).stdout.strip() == "active", 90, 1)
+        props = show("Type", "NotifyAccess", "Delegate", "KillMode", "TimeoutStopUSec", "OOMPolicy", "TasksMax",
+                     "Restart", "RuntimeDirectoryPreserve", "MainPID", "ActiveState", "SubState", "UnitFileState",
+                     "NRestarts", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
+        sh(["systemctl", "status", SERVICE, "--no-pager", "-l", "-n", "15"], record=True)
+        expect = {"Type": "notify", "NotifyAccess": "main", "Delegate": "yes", "KillMode": "mixed",
+                  "OOMPolicy": "continue", "Restart": "on-failure", "RuntimeDirectoryPreserve": "yes",
+                  "ActiveState": "active", "SubState": "running", "UnitFileState": "enabled"}
+        wrong = {k: (props.get(k), v) for k, v in expect.items() if props.get(k) != v}
+        if wrong:
+            raise AssertionError(f"unit properties (got, expected): {wrong}")
+        facts["daemon_start_to_ready_seconds"] = round(
+            (int(props["ActiveEnterTimestampMonotonic"]) - int(props["ExecMainStartTimestampMonotonic"])) / 1e6, 2)
+        return props
+
+    @check("first-job", needs=("service-active",))
+    def _():
+        t0 = time.monotonic()
+        proc = jobctl("run", "--", "true", record=True)
+        facts["jobctl_run_true_seconds"] = round(time.monotonic() - t0, 2)
+        if proc.returncode != 0:
+            raise AssertionError(f"jobctl run -- true exited {proc.returncode}: {proc.stdout}")
+        return {"seconds": facts["jobctl_run_true_seconds"]}
+
+    @check("transcript-limited-job", needs=("first-job",))
+    def _():
+        script = ('echo "pid in the job\'s namespace: $$"; cg=$(cut -d: -f3 /proc/self/cgroup); echo "cgroup: $cg"; '
+                  'for f in memory.max memory.swap.max cpu.max pids.max; do echo "$f: $(cat /sys/fs/cgroup$cg/$f)"; done; '
+                  'ps -e -o pid,comm')
+        proc = jobctl("run", "--name", "limited", "--mem", "64M", "--cpu", "0.5", "--pids", "20", "--",
+                      "sh", "-c", script, record=True)
+        if proc.returncode != 0:
+            raise AssertionError(f"limited job exited {proc.returncode}: {proc.stdout}")
+        for expected in ("memory.max: 67108864", "memory.swap.max: 0", "pids.max: 20",
+                         "/system.slice/jobworkerd.service/jobs/"):
+            if expected not in proc.stdout:
+                raise AssertionError(f"{expected!r} not in the job's output: {proc.stdout}")
+        cpu_line = [l for l in proc.stdout.splitlines() if l.startswith("cpu.max: ")]
+        if not cpu_line or cpu_max_cores(cpu_line[0].removeprefix("cpu.max: ")) != 0.5:
+            raise AssertionError(f"cpu.max is not half a core: {cpu_line}: {proc.stdout}")
+        jobctl("ls", record=True)
+        return {"output": proc.stdout}
+
+    @check("delegation-placement", needs=("first-job",))
+    def _():
+        main_pid = show("MainPID")["MainPID"]
+        daemon_cg = read(f"/proc/{main_pid}/cgroup").strip()
+        if daemon_cg != "0::/system.slice/jobworkerd.service/supervisor":
+            raise AssertionError(f"daemon (pid {main_pid}) is in {daemon_cg!r}, not <service>/supervisor")
+        subtree = read(os.path.join(SVC_CG, "cgroup.subtree_control")).split()
+        jobs_subtree = read(os.path.join(JOBS_CG, "cgroup.subtree_control")).split()
+        for want in ("cpu", "io", "memory", "pids"):
+            if want not in subtree or want not in jobs_subtree:
+                raise AssertionError(f"{want} not enabled: service {subtree}, jobs {jobs_subtree}")
+        job_id = start("--name", "placement", "--", "sleep", "600")
+        cg = wait_running(job_id)
+        sh(["systemctl", "status", SERVICE, "--no-pager", "-l", "-n", "0"], record=True)  # the tree with a job
+        pids = [int(p) for p in read(os.path.join(cg, "cgroup.procs")).split()]
+        if not pids:
+            raise AssertionError(f"{cg}/cgroup.procs is empty while the job runs")
+        rel = "0::" + cg.removeprefix("/sys/fs/cgroup")
+        elsewhere = {p: read(f"/proc/{p}/cgroup").strip() for p in pids if read(f"/proc/{p}/cgroup").strip() != rel}
+        inner = read(os.path.join(SVC_CG, "cgroup.procs")).split()
+        job = stop(job_id)
+        if job["reason"] != "stopped":
+            raise AssertionError(f"stopped job recorded as {job['reason']}: {job}")
+        gone = wait_for(f"{cg} removed", lambda: not os.path.exists(cg), 30)
+        if elsewhere or inner:
+            raise AssertionError(f"job processes elsewhere {elsewhere}; processes in the service cgroup itself {inner}")
+        return {"daemon_cgroup": daemon_cg, "job_cgroup": cg, "job_pids": pids, "subtree_control": subtree,
+                "cgroup_removed_after_stop": gone}
+
+    @check("memory-oom-killed", needs=("first-job",))
+    def _():
+        before_svc = show("MainPID", "NRestarts")
+        events_before = keyed(os.path.join(JOBS_CG, "memory.events")).get("oom_kill", 0)
+        hog = "import itertools; hog = [b'x' * (8 << 20) for _ in itertools.count()]"
+        proc = jobctl("run", "--name", "memhog", "--mem", "64M", "--", "python3", "-c", hog, timeout=180)
+        events_after = keyed(os.path.join(JOBS_CG, "memory.events")).get("oom_kill", 0)
+        job = json.loads(must(["jobctl", "ls", "-o", "json"]))
+        memhog = [j for j in job if j.get("name") == "memhog"]
+        if not memhog:
+            raise AssertionError(f"memhog not listed: {job}")
+        job = memhog[-1]
+        jobctl("status", job["id"], record=True)
+        after_svc = show("MainPID", "NRestarts", "ActiveState")
+        detail = {"jobctl_rc": proc.returncode, "reason": job["reason"], "signal": job["signal"],
+                  "usage": job["usage"], "jobs_memory_events_oom_kill": [events_before, events_after],
+                  "service": after_svc}
+        if job["reason"] != "oom-killed":
+            raise AssertionError(f"memory hog ended as {job['reason']!r}, not oom-killed: {detail}")
+        if events_after <= events_before:
+            raise AssertionError(f"memory.events oom_kill did not increase: {detail}")
+        if job["usage"]["memory_peak_bytes"] > 64 * MiB + MiB:
+            raise AssertionError(f"peak memory above the limit: {detail}")
+        if proc.returncode != 137:
+            raise AssertionError(f"jobctl run exited {proc.returncode}, not 137: {detail}")
+        if after_svc["ActiveState"] != "active" or after_svc["MainPID"] != before_svc["MainPID"]:
+            raise AssertionError(f"the job's OOM kill disturbed the service (OOMPolicy): {before_svc} -> {after_svc}")
+        return detail
+
+    @check("cpu-throttled", needs=("first-job",))
+    def _():
+        job_id = start("--name", "busy", "--cpu", "0.2", "--", "sh", "-c", "while :; do :; done")
+        cg = wait_running(job_id)
+        time.sleep(1)
+        cpu_max = read(os.path.join(cg, "cpu.max")).strip()
+        s0, t0 = keyed(os.path.join(cg, "cpu.stat")), time.monotonic()
+        time.sleep(5)
+        s1, t1 = keyed(os.path.join(cg, "cpu.stat")), time.monotonic()
+        job = stop(job_id)
+        share = (s1["usage_usec"] - s0["usage_usec"]) / 1e6 / (t1 - t0)
+        detail = {"cpu.max": cpu_max, "nr_periods": s1["nr_periods"], "nr_throttled": s1["nr_throttled"],
+                  "throttled_usec": s1.get("throttled_usec"), "cpu_share_measured": round(share, 3),
+                  "reason": job["reason"], "usage": job["usage"]}
+        if cpu_max_cores(cpu_max) is None or abs(cpu_max_cores(cpu_max) - 0.2) > 0.001:
+            raise AssertionError(f"cpu.max is {cpu_max!r}, not 0.2 of a core: {detail}")
+        if s1["nr_throttled"] <= 0:
+            raise AssertionError(f"cpu.stat nr_throttled is 0: {detail}")
+        if share > 0.35:  # 0.2 of a core, loosely (throttling works in 100 ms periods)
+            raise AssertionError(f"the busy loop used {share:.2f} of a core under --cpu 0.2: {detail}")
+        if job["reason"] != "stopped":
+            raise AssertionError(f"busy loop recorded as {job['reason']}: {detail}")
+        return detail
+
+    @check("pids-fork-bomb-contained", needs=("first-job",))
+    def _():
+        bomb = ("import os, time\n"
+                "while True:\n"
+                "    try:\n"
+                "        os.fork()\n"
+                "    except OSError:\n"
+                "        time.sleep(0.5)\n")
+        job_id = start("--name", "forkbomb", "--pids", "50", "--", "python3", "-S", "-c", bomb)
+        cg = wait_running(job_id)
+        wait_for("pids.events max > 0", lambda: keyed(os.path.join(cg, "pids.events")).get("max", 0) > 0, 120, 1)
+        samples = [int(read(os.path.join(cg, "pids.current"))) for _ in range(3) if time.sleep(0.5) is None]
+        events = keyed(os.path.join(cg, "pids.events"))
+        pids_max = read(os.path.join(cg, "pids.max")).strip()
+        # the machine still works: another job starts and ends while the bomb runs
+        t0 = time.monotonic()
+        other = jobctl("run", "--", "true", timeout=120)
+        other_seconds = round(time.monotonic() - t0, 1)
+        job = stop(job_id, grace="1")
+        detail = {"pids.max": pids_max, "pids.current": samples, "pids.events": events,
+                  "other_job_rc": other.returncode, "other_job_seconds": other_seconds, "reason": job["reason"]}
+        if pids_max != "50" or max(samples) > 50:
+            raise AssertionError(f"not contained: {detail}")
+        if events.get("max", 0) <= 0:
+            raise AssertionError(f"pids.events max is 0: {detail}")
+        if other.returncode != 0:
+            raise AssertionError(f"a job could not run beside the fork bomb: {detail}")
+        if job["state"] != "finished" or os.path.exists(cg):
+            raise AssertionError(f"fork bomb not cleaned up after stop: {detail}")
+        return detail
+
+    @check("io-write-throttled", needs=("first-job",))
+    def _():
+        dev = root_device()
+        target, limit, count = "/var/tmp/jobworkerd-io.test", 2 * MiB, 256  # 16 MiB in 64 KiB O_DIRECT writes
+        dd = ["dd", "if=/dev/zero", f"of={target}", "bs=64k", f"count={count}", "oflag=direct"]
+        job_id = start("--name", "ddwrite", "--io-write-bps", "2M", "--", *dd)
+        cg = wait_running(job_id)
+        io_max = read(os.path.join(cg, "io.max")).strip()
+        time.sleep(1)
+        w0, t0 = io_stat(os.path.join(cg, "io.stat"), dev).get("wbytes", 0), time.monotonic()
+        time.sleep(4)
+        w1, t1 = io_stat(os.path.join(cg, "io.stat"), dev).get("wbytes", 0), time.monotonic()
+        job = wait_finished(job_id, timeout=180)
+        rate = (w1 - w0) / (t1 - t0)
+        limited_dd = must(["jobctl", "logs", job_id]).strip().splitlines()[-1:]
+        # the same write without a limit, for comparison (not asserted: emulated disks vary)
+        free = jobctl("run", "--name", "ddfree", "--", *dd, timeout=180)
+        os.unlink(target)
+        detail = {"device": dev, "io.max": io_max, "wbytes_sampled": w1 - w0, "seconds_sampled": round(t1 - t0, 2),
+                  "rate_bytes_per_s": int(rate), "limit": limit, "exit_code": job["exit_code"],
+                  "usage_io_write_bytes": job["usage"]["io_write_bytes"],
+                  "dd_says_limited": limited_dd, "dd_says_unlimited": free.stdout.strip().splitlines()[-1:],
+                  "unlimited_rc": free.returncode}
+        if not io_max.startswith(dev + " ") or f"wbps={limit}" not in io_max:
+            raise AssertionError(f"io.max {io_max!r} does not limit writes on {dev} to {limit}: {detail}")
+        if not 0.5 * limit <= rate <= 1.3 * limit:
+            raise AssertionError(f"write rate {rate / MiB:.2f} MiB/s is not near 2 MiB/s: {detail}")
+        if job["exit_code"] != 0:
+            raise AssertionError(f"dd failed: {detail}")
+        if job["usage"]["io_write_bytes"] < count * 64 * 1024:
+            raise AssertionError(f"recorded io_write_bytes below what dd wrote: {detail}")
+        return detail
+
+    restart_ids: dict[str, str] = {}
+
+    @check("restart-keeps-history", needs=("first-job",))
+    def _():
+        done = start("--name", "before-restart", "--", "sh", "-c", "echo hello-before-restart; echo to-stderr >&2")
+        must(["jobctl", "wait", done])
+        running = start("--name", "running-at-restart", "--", "sleep", "600")
+        wait_running(running)
+        listed_before = {j["id"] for j in json.loads(must(["jobctl", "ls", "-o", "json"]))}
+        main_before = show("MainPID")["MainPID"]
+        t0 = time.monotonic()
+        must(["systemctl", "restart", SERVICE], timeout=120)
+        facts["systemctl_restart_seconds"] = round(time.monotonic() - t0, 1)
+        props = show("MainPID", "ActiveState", "NRestarts")
+        listed_after = {j["id"]: j for j in json.loads(must(["jobctl", "ls", "-o", "json"]))}
+        logs = must(["jobctl", "logs", done])
+        was_running = status(running)
+        restart_ids.update(done=done, running=running)
+        detail = {"jobs_before": len(listed_before), "jobs_after": len(listed_after), "logs": logs,
+                  "running_job_after_restart": {k: was_running[k] for k in ("state", "reason", "signal", "exit_code")},
+                  "service": props, "restart_seconds": facts["systemctl_restart_seconds"]}
+        if props["ActiveState"] != "active" or props["MainPID"] == main_before:
+            raise AssertionError(f"service did not restart: {detail}")
+        missing = listed_before - set(listed_after)
+        if missing:
+            raise AssertionError(f"jobs missing after restart: {missing}: {detail}")
+        if "hello-before-restart" not in logs or "to-stderr" not in logs:
+            raise AssertionError(f"output of a job from before the restart is gone: {detail}")
+        if was_running["state"] != "finished" or was_running["reason"] != "stopped":
+            raise AssertionError(f"a job running at restart should be recorded as stopped: {detail}")
+        return detail
+
+    @check("stop-leaves-nothing", needs=("first-job",))
+    def _():
+        plain = start("--name", "plain-sleeper", "--", "sleep", "600")
+        stubborn = start("--name", "ignores-sigterm", "--", "sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600")
+        for job_id in (plain, stubborn):
+            wait_running(job_id)
+        pids = {job_id: [int(p) for p in read(os.path.join(job_cgroup(job_id), "cgroup.procs")).split()]
+                for job_id in (plain, stubborn)}
+        main_pid = show("MainPID")["MainPID"]
+        since = must(["date", "+%Y-%m-%d %H:%M:%S"]).strip()
+        t0 = time.monotonic()
+        must(["systemctl", "stop", SERVICE], timeout=120)
+        facts["systemctl_stop_seconds"] = round(time.monotonic() - t0, 1)
+        props = show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+        leftovers = procs_under("/system.slice/jobworkerd.service")
+        alive = [p for ps in pids.values() for p in ps if p in {pid for pid, _, _ in leftovers}]
+        svc_cg_exists = os.path.isdir(SVC_CG)
+        cgroup_left = sorted(glob.glob(os.path.join(JOBS_CG, "*/")))
+        journal = sh(["journalctl", "-u", SERVICE, "--since", since, "--no-pager", "-o", "cat"]).stdout
+        sigkill_lines = [l for l in journal.splitlines() if "SIGKILL" in l or "Killing process" in l]
+        must(["systemctl", "start", SERVICE], timeout=120)
+        after = {job_id: status(job_id) for job_id in (plain, stubborn)}
+        detail = {"job_pids": pids, "daemon_pid": main_pid, "stop_seconds": facts["systemctl_stop_seconds"],
+                  "unit_after_stop": props, "alive_job_pids": alive, "processes_left": leftovers,
+                  "job_cgroups_left": cgroup_left, "service_cgroup_exists_after_stop": svc_cg_exists,
+                  "systemd_sigkill_lines": sigkill_lines,
+                  "recorded": {j: {k: v[k] for k in ("state", "reason", "signal", "exit_code")} for j, v in after.items()}}
+        if alive or leftovers or cgroup_left:
+            raise AssertionError(f"systemctl stop left job processes or cgroups behind: {detail}")
+        if props["Result"] != "success" or props["ExecMainStatus"] != "0":
+            raise AssertionError(f"the daemon did not exit 0 on SIGTERM: {detail}")
+        wrong = {j: v["reason"] for j, v in after.items() if v["reason"] != "stopped"}
+        if wrong:
+            raise AssertionError(f"jobs running at stop are not recorded as stopped: {wrong}: {detail}")
+        return detail
+
+    @check("crash-restart", needs=("first-job",))
+    def _():
+        # the daemon dies (SIGKILL): systemd kills what is left in the unit's cgroup and restarts it
+        # (Restart=on-failure); at start the daemon finishes the record of the job it lost track of
+        job_id = start("--name", "running-at-crash", "--", "sleep", "600")
+        cg = wait_running(job_id)
+        pids = [int(p) for p in read(os.path.join(cg, "cgroup.procs")).split()]
+        before = show("MainPID", "NRestarts")
+        must(["systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", SERVICE])
+        wait_for("jobworkerd restarted", lambda: (p := show("MainPID", "NRestarts", "ActiveState"))["ActiveState"] == "active"
+                 and p["MainPID"] not in ("0", before["MainPID"]) and p, 90, 1)
+        after = show("MainPID", "NRestarts", "ActiveState")
+        job = wait_for(f"job {job_id} finished", lambda: (j := status(job_id))["state"] == "finished" and j, 60, 1)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+        detail = {"before": before, "after": after, "job": {k: job[k] for k in ("state", "reason", "signal", "exit_code", "message")},
+                  "job_pids": pids, "alive": alive, "cgroup_left": os.path.exists(cg)}
+        if int(after["NRestarts"]) != int(before["NRestarts"]) + 1:
+            raise AssertionError(f"systemd did not restart the daemon once: {detail}")
+        if alive or os.path.exists(cg):
+            raise AssertionError(f"the job outlived its daemon's crash: {detail}")
+        # recorded as lost, or as ended by systemd's SIGKILL while the daemon was down: never "running"
+        if not (job["reason"] == "lost" or (job["reason"] == "exited" and job["signal"] == 9)):
+            raise AssertionError(f"a job killed with its crashed daemon is recorded as {job['reason']}: {detail}")
+        return detail
+
+    @check("reinstall-keeps-state", needs=("first-job",))
+    def _():
+        files = ("/etc/jobworkerd/tls/ca.crt", "/etc/jobworkerd/tls/server.crt", "/root/.config/jobctl/root.crt",
+                 "/root/.config/jobctl/config.yaml")
+        before = {f: read(f) for f in files}
+        jobs_before = {j["id"] for j in json.loads(must(["jobctl", "ls", "-o", "json"]))}
+        main_before = show("MainPID")["MainPID"]
+        local = os.path.join("/root", os.path.basename(debs[0]))
+        must(f"DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall {shlex.quote(local)}", timeout=300)
+        changed = [f for f in files if read(f) != before[f]]
+        props = show("MainPID", "ActiveState")
+        jobs_after = {j["id"] for j in json.loads(must(["jobctl", "ls", "-o", "json"]))}
+        detail = {"changed_files": changed, "service": props, "jobs_before": len(jobs_before),
+                  "jobs_after": len(jobs_after), "restarted": props["MainPID"] != main_before}
+        if changed:
+            raise AssertionError(f"reinstalling replaced certificates or the jobctl config: {detail}")
+        if props["ActiveState"] != "active" or jobs_before - jobs_after:
+            raise AssertionError(f"service or job history not kept across a reinstall: {detail}")
+        return detail
+
+    @check("purge", needs=("install",))
+    def _():
+        must("DEBIAN_FRONTEND=noninteractive apt-get purge -y jobworkerd", timeout=300, record=True)
+        sh("ls -d /usr/lib/jobworkerd /var/lib/jobworkerd /run/jobworkerd /etc/jobworkerd /root/.config/jobctl "
+           "/sys/fs/cgroup/system.slice/jobworkerd.service", record=True)
+        left = [p for p in ("/usr/lib/jobworkerd", "/var/lib/jobworkerd", "/run/jobworkerd", "/etc/jobworkerd",
+                            "/root/.config/jobctl", "/lib/systemd/system/jobworkerd.service", "/usr/bin/jobctl",
+                            "/usr/bin/jobworkerd", SVC_CG) if os.path.lexists(p)]
+        state = sh(["systemctl", "is-active", SERVICE]).stdout.strip()
+        enabled = glob.glob("/etc/systemd/system/*/jobworkerd.service")
+        if left or enabled or procs_under("/system.slice/jobworkerd.service"):
+            raise AssertionError(f"purge left {left} {enabled} (service {state})")
+        return {"service_after_purge": state}
+
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    started = time.monotonic()
+    try:
+        rc = main()
+    finally:
+        facts["guest_script_seconds"] = round(time.monotonic() - started, 1)
+        save()
+        with open(os.path.join(OUT, "jobworkerd-journal.txt"), "w") as handle:
+            subprocess.run(["journalctl", "-u", SERVICE, "-b", "--no-pager", "-o", "short-monotonic"],
+                           stdout=handle, stderr=subprocess.STDOUT)
+    sys.exit(rc)
