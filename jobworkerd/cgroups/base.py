@@ -93,9 +93,28 @@ class CgroupBackend(abc.ABC):
     def setup(self) -> None:
         """Create <own>/<subtree>/jobs (and on v2 enable controllers). Called once at start."""
 
-    @abc.abstractmethod
     def create(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
-        """Create the job's cgroup with its limits applied, before anything runs in it."""
+        """Create the job's cgroup with its limits applied, before anything runs in it. All or nothing."""
+        self.check_limits(limits, io_target)
+        directories = self._job_dirs(job_id)
+        for path in directories:
+            if os.path.exists(path):
+                raise InternalError(f"cgroup {path} already exists: job ids must be unique")
+        try:
+            for path in directories:
+                os.mkdir(path)
+            self._apply(job_id, limits, io_target)
+        except Exception:
+            self.remove(job_id)
+            raise
+
+    @abc.abstractmethod
+    def _job_dirs(self, job_id: str) -> list[str]:
+        """The directories that make up one job's cgroup (one per hierarchy on v1)."""
+
+    @abc.abstractmethod
+    def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
+        """Write the limits into the freshly made cgroup."""
 
     @abc.abstractmethod
     def join_files(self, job_id: str) -> list[str]:

@@ -68,18 +68,8 @@ class V1Backend(CgroupBackend):
         for path in self._jobs_dir.values():
             os.makedirs(path, exist_ok=True)
 
-    def create(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
-        self.check_limits(limits, io_target)
-        for controller in self.controllers:
-            path = self._path(controller, job_id)
-            if os.path.exists(path):
-                raise InternalError(f"cgroup {path} already exists: job ids must be unique")
-            os.mkdir(path)
-        try:
-            self._apply(job_id, limits, io_target)
-        except Exception:
-            self.remove(job_id)
-            raise
+    def _job_dirs(self, job_id: str) -> list[str]:
+        return [self._path(c, job_id) for c in self.controllers]
 
     def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
         if limits.cpu is not None:

@@ -71,17 +71,8 @@ class V2Backend(CgroupBackend):
                 if os.path.exists(f"/proc/{pid}"):
                     raise
 
-    def create(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
-        self.check_limits(limits, io_target)
-        path = self._path(job_id)
-        if os.path.exists(path):
-            raise InternalError(f"cgroup {path} already exists: job ids must be unique")
-        os.mkdir(path)
-        try:
-            self._apply(job_id, limits, io_target)
-        except Exception:
-            self.remove(job_id)
-            raise
+    def _job_dirs(self, job_id: str) -> list[str]:
+        return [self._path(job_id)]
 
     def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
         if limits.cpu is not None:

@@ -365,3 +365,17 @@ def test_own_cgroup_at_the_root(tmp_path):
     backend.setup()
     backend.create(JOB, Limits(cpu=0.5), None)
     assert read(tmp_path / "cpu/t/jobs" / JOB / "cpu.cfs_quota_us") == "50000"
+
+
+def test_create_is_all_or_nothing_when_a_later_hierarchy_fails(tmp_path):
+    from jobworkerd.cgroups.v1 import V1Backend
+    from jobworkerd.worker.models import Limits
+
+    controllers = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
+    for c in controllers:
+        (tmp_path / c / "own" / "jobs").mkdir(parents=True)
+    backend = V1Backend({c: str(tmp_path / c) for c in controllers}, {c: "/own" for c in controllers})
+    (tmp_path / "freezer" / "own" / "jobs").rmdir()  # the last hierarchy's mkdir will fail
+    with pytest.raises(OSError):
+        backend.create("job1", Limits(), None)
+    assert not [c for c in controllers if (tmp_path / c / "own" / "jobs" / "job1").exists()]
