@@ -31,8 +31,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(1, str(REPO))
+for _path in (REPO, REPO / "tests" / "integration"):  # the package, and the daemon harness the tests use
+    if str(_path) not in sys.path:
+        sys.path.insert(1, str(_path))
+
+from daemon_harness import Daemon  # noqa: E402
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -192,10 +195,6 @@ def manager(**config) -> Iterator["object"]:
 # ---- a throwaway daemon (the real one, as a subprocess) ---------------------------------------------------------
 
 
-def run_ca(*args: str) -> None:
-    subprocess.run([PY, "-m", "jobworkerd", "ca", *args], check=True, capture_output=True, timeout=60)
-
-
 def cgroup_dirs(subtree: str) -> list[str]:
     """Every directory of this subtree (beneath this process's own cgroups) that exists now, in every hierarchy."""
     found = []
@@ -244,49 +243,25 @@ _PATCHED_SERVE = (
 )
 
 
-class BenchDaemon:
-    """The real jobworkerd as a subprocess on 127.0.0.1 with its own CA, config, state directory (on disk,
-    like /var/lib), run directory (tmpfs, like /run) and cgroup subtree. Use through `daemon()`."""
+class BenchDaemon(Daemon):
+    """The integration tests' daemon (tests/integration/daemon_harness.py) with a run directory on tmpfs
+    (like /run), a throwaway work directory, PR_SET_PDEATHSIG, and optional experiment patches.
+    Use through `daemon()`."""
 
     def __init__(self, config: dict | None = None, patch: str = ""):
         self.patch = patch  # Python run in the daemon before it serves: experiments only, never the figures
-        self.subtree = f"jobworkerd-bench-{os.getpid()}-{next(_counter)}"
-        self.dir = Path(tempfile.mkdtemp(prefix="jobworkerd-bench-"))
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.run_dir = Path(tempfile.mkdtemp(prefix="jobworkerd-bench-run-", dir=shm))
-        self.ca_dir = self.dir / "ca"
-        self.ca = str(self.ca_dir / "ca.crt")
-        self.server_cert, self.server_key = str(self.dir / "server.crt"), str(self.dir / "server.key")
-        self.log = self.dir / "daemon.log"
-        self.proc: subprocess.Popen | None = None
-        self.addr = ""
-        self._certs: dict[tuple[str, str], tuple[str, str]] = {}
-        self._channels: list = []
-        run_ca("init", "--dir", str(self.ca_dir))
-        run_ca("issue", "--dir", str(self.ca_dir), "--server", "--host", "127.0.0.1", "--host", "localhost",
-               "--out", str(self.dir / "server"))
-        settings: dict = {
-            "listen": "127.0.0.1:0",
-            "tls": {"ca": self.ca, "cert": self.server_cert, "key": self.server_key},
-            "state_dir": str(self.dir / "state"),
-            "run_dir": str(self.run_dir),
-            "cgroup": {"subtree": self.subtree},
-            "stop_grace": "2s",
-        }
-        for key, value in (config or {}).items():
-            if isinstance(value, dict) and isinstance(settings.get(key), dict):
-                settings[key] = {**settings[key], **value}
-            else:
-                settings[key] = value
-        import yaml
+        run_dir = Path(tempfile.mkdtemp(prefix="jobworkerd-bench-run-", dir=shm))
+        workdir = Path(tempfile.mkdtemp(prefix="jobworkerd-bench-"))
+        super().__init__(workdir, {"stop_grace": "2s", **(config or {})}, run_dir, "jobworkerd-bench")
+        self.server_cert, self.server_key = str(workdir / "server.crt"), str(workdir / "server.key")
 
-        self.config_path = self.dir / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(settings))
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def argv(self) -> list[str]:
+        # PR_SET_PDEATHSIG (kept across execve): if the benchmark dies without cleaning up, the daemon
+        # gets SIGTERM and stops its jobs itself.
+        if self.patch:
+            return [PY, "-c", _PATCHED_SERVE.replace("PATCH", self.patch, 1), str(self.config_path)]
+        return [PY, "-c", _EXEC_WITH_PDEATHSIG, PY, "-m", "jobworkerd", "serve", "--config", str(self.config_path)]
 
     def forkserver_pid(self) -> int:
         for child in children(self.pid):
@@ -294,44 +269,13 @@ class BenchDaemon:
                 return child
         return 0
 
-    def start(self, timeout: float = 30.0) -> "BenchDaemon":
-        with open(self.log, "ab") as log:
-            # PR_SET_PDEATHSIG (kept across execve): if the benchmark dies without cleaning up, the daemon
-            # gets SIGTERM and stops its jobs itself.
-            if self.patch:
-                argv = [PY, "-c", _PATCHED_SERVE.replace("PATCH", self.patch, 1), str(self.config_path)]
-            else:
-                argv = [PY, "-c", _EXEC_WITH_PDEATHSIG, PY, "-m", "jobworkerd", "serve", "--config", str(self.config_path)]
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd="/")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on (\S+)", self.log.read_text(errors="replace"))
-            if match:
-                self.addr = match.group(1)
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"daemon did not listen within {timeout}s:\n{self.log.read_text()}")
-
-    def cert(self, name: str = "admin", role: str = "admin") -> tuple[str, str]:
-        key = (name, role)
-        if key not in self._certs:
-            prefix = self.dir / "clients" / f"{name}-{role}"
-            run_ca("issue", "--dir", str(self.ca_dir), "--name", name, "--role", role, "--out", str(prefix))
-            self._certs[key] = (f"{prefix}.crt", f"{prefix}.key")
-        return self._certs[key]
-
     def client_args(self, name: str = "admin", role: str = "admin") -> tuple[str, str, str, str]:
         """(addr, ca, cert, key): what a client in another process needs."""
         crt, key = self.cert(name, role)
         return self.addr, self.ca, crt, key
 
     def jobctl_env(self, name: str = "admin", role: str = "admin") -> dict[str, str]:
-        crt, key = self.cert(name, role)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCTL_")}
-        env.update(JOBCTL_ADDR=self.addr, JOBCTL_CA=self.ca, JOBCTL_CERT=crt, JOBCTL_KEY=key, HOME=str(self.dir))
-        return env
+        return self.env(name, role)
 
     def channel(self, name: str = "admin", role: str = "admin"):
         channel = grpc_channel(*self.client_args(name, role))
@@ -339,11 +283,11 @@ class BenchDaemon:
         return channel
 
     def stub(self, name: str = "admin", role: str = "admin"):
+        import grpc
+
         from jobworkerd.gen.jobworker.v1 import jobworker_pb2_grpc
 
         channel = self.channel(name, role)
-        import grpc
-
         grpc.channel_ready_future(channel).result(timeout=10)
         return jobworker_pb2_grpc.JobWorkerStub(channel)
 
@@ -354,19 +298,13 @@ class BenchDaemon:
         """Job cgroups of this daemon that exist now (the subtree's own directories are not jobs)."""
         return [p for p in cgroup_dirs(self.subtree) if re.search(r"/jobs/[0-9a-f]{12}$", p)]
 
-    def stop(self, timeout: float = 120.0) -> list[str]:
+    def stop(self, timeout: float = 120.0) -> list[str]:  # type: ignore[override]
         """SIGTERM and wait; then make sure no cgroup of ours is left. Returns the cgroups that were left
         (and have been removed by force), which is a bug of the daemon."""
-        for channel in self._channels:
-            channel.close()
-        self._channels.clear()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            super().stop(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # killed by the harness
         left = remove_cgroups(self.subtree)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> dict:
         identities = [(args.ca, args.cert, args.key)]
     else:
         sys.path.insert(0, str(REPO / "tests" / "integration"))
-        from conftest import Daemon  # the integration tests' launcher: own CA, config, state, run dir, cgroups
+        from daemon_harness import Daemon  # the integration tests' launcher: own CA, config, state, run dir, cgroups
 
         workdir = Path(tempfile.mkdtemp(prefix="jobworkerd-soak-"))
         own = Daemon(workdir / "daemon", {"stop_grace": "2s"}).start()

@@ -186,7 +186,7 @@ CAP = 64 << 10
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory):
-    from conftest import Daemon
+    from daemon_harness import Daemon
 
     d = Daemon(tmp_path_factory.mktemp("capped"), {"limits": {"output_cap": "64K"}}).start()
     yield d

@@ -49,7 +49,7 @@ FORBIDDEN_COMMANDS = {"reboot", "shutdown", "halt", "poweroff", "init", "telinit
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, request):
-    from conftest import Daemon
+    from daemon_harness import Daemon
 
     d = Daemon(tmp_path_factory.mktemp("hostile"), {"limits": {"output_cap": "1M"}, "stop_grace": "1s"}).start()
     admin, alice, bob = d.stub("admin", "admin"), d.stub("alice", "user"), d.stub("bob", "user")

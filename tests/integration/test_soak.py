@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from daemon_harness import REPO
 from faultkit import report
 
 pytestmark = pytest.mark.root
