@@ -2,7 +2,8 @@
 
 Thread model: any thread may call the public methods. One monitor thread watches every running job's
 status pipe (EOF = the job's init has exited) and the shared inotify instance (output growth: wakes
-followers and enforces the output cap). Slow waits (stop's grace period) happen in the caller's thread.
+followers and checks the output cap); a small pool records job ends and does the killing, so the
+monitor never waits. Slow waits (stop's grace period) happen in the caller's thread.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from ..cgroups import CgroupBackend, detect
@@ -130,7 +131,11 @@ class JobManager:
             output_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ResourceExhausted(f"cannot create the output file in {job_dir}: {exc.strerror}") from exc
-        self.store.put(record)
+        try:
+            self.store.put(record)
+        except Exception:
+            os.close(output_fd)
+            raise
         try:
             self.backend.create(job_id, resolved.limits, resolved.io_target)
         except Exception as exc:
@@ -193,12 +198,12 @@ class JobManager:
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         with self._lock:
             running = self._running.get(job_id)
-        if running is not None and not running.finished.wait(timeout):
-            return self.status(job_id)
+        if running is not None:
+            running.finished.wait(timeout)
         return self.status(job_id)
 
     def when_finished(self, job_id: str, callback: Callable[[], None]) -> bool:
-        """Call `callback` (in the monitor thread) once the job has finished. False if it already has:
+        """Call `callback` (in a job-end thread) once the job has finished. False if it already has:
         lets asyncio callers wait without holding a thread."""
         with self._lock:
             running = self._running.get(job_id)
@@ -342,7 +347,10 @@ class JobManager:
                 finished_at=time.time(),
                 usage=usage,
             )
-            self.store.put(running.record)
+            try:
+                self.store.put(running.record)
+            except Exception:  # e.g. state directory full: waiters and followers must still see the end
+                log.exception("job %s: its end could not be stored (the next start reconciles it)", job_id)
             running.finished.set()
             del self._running[job_id]
         log.info("job %s finished: %s (exit %s, signal %s) %s", job_id, reason.value, exit_code, sig, message)
