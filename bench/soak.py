@@ -36,11 +36,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests" / "integration"))  # the daemon harness the tests use
 
 import grpc  # noqa: E402
 
 from jobworkerd.gen.jobworker.v1 import jobworker_pb2 as pb  # noqa: E402
 from jobworkerd.gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc  # noqa: E402
+from daemon_harness import fd_count, rss_bytes  # noqa: E402
 
 RPC_TIMEOUT = 120.0
 SEQ_LINES = 300
@@ -52,17 +54,6 @@ EXPECTED_WRITER = "".join(f"tick {i}\n" for i in range(1, 11)).encode()
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class Stats:

@@ -153,3 +153,15 @@ class Daemon:
                 if base.is_dir():
                     found += [str(p) for p in base.rglob("*") if p.is_dir()] + [str(base)]
         return found
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of a process (the daemon's must return to baseline after clients leave)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmRSS for process {pid}")

@@ -92,17 +92,6 @@ def job_cgroup_pids(daemon, job_id: str) -> list[tuple[int, int]]:
     raise AssertionError(f"no pids cgroup for job {job_id}: {daemon.cgroup_dirs()}")
 
 
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

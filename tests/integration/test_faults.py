@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from daemon_harness import fd_count, rss_bytes
 from faultkit import (
     alive,
-    fd_count,
     free_port,
     job_cgroup_pids,
     job_cgroups,
@@ -33,7 +33,6 @@ from faultkit import (
     output_file,
     read_all,
     rpc_error,
-    rss_bytes,
     sh,
     start,
     stop_job,
