@@ -10,15 +10,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIST=${DIST:-$ROOT/dist}
 cd "$ROOT"
 
-need=()
-for pkg in debhelper python3-venv dpkg-dev build-essential lintian; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "build-deb: installing ${need[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/apt-need.sh" build-deb debhelper python3-venv dpkg-dev build-essential lintian
 
 VERSION=$(/usr/bin/python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 STAGE=$(mktemp -d /tmp/jobworkerd-deb.XXXXXX)

@@ -4,15 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-for pkg in python3-venv python3-dev gcc openssl iproute2 util-linux procps; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "setup: installing ${need[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-fi
+scripts/apt-need.sh setup python3-venv python3-dev gcc openssl iproute2 util-linux procps
 
 # Debian's own interpreter, as the .deb uses on target machines (not a pyenv shim that may shadow it).
 PY=/usr/bin/python3

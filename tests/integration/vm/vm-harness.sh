@@ -31,15 +31,7 @@ IMG=$VM_CACHE/img-$KEY
 log() { echo "vm-harness: $*" >&2; }
 
 deps() {
-  local need=() p
-  for p in qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
-  done
-  if [ "${#need[@]}" -gt 0 ]; then
-    log "installing ${need[*]}"
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  "$(dirname "$SELF")/../../../scripts/apt-need.sh" vm-harness qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client
 }
 
 build() {
