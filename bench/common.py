@@ -35,7 +35,7 @@ for _path in (REPO, REPO / "tests" / "integration"):  # the package, and the dae
     if str(_path) not in sys.path:
         sys.path.insert(1, str(_path))
 
-from daemon_harness import Daemon  # noqa: E402
+from daemon_harness import Daemon, unmount_output_tmpfs  # noqa: E402
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -188,8 +188,11 @@ def manager(**config) -> Iterator["object"]:
     with tempfile.TemporaryDirectory(prefix="jobworkerd-bench-") as tmp:
         settings = {"state_dir": f"{tmp}/state", "run_dir": f"{tmp}/run",
                     "cgroup": {"subtree": f"jobworkerd-bench-{os.getpid()}-{next(_counter)}"}, **config}
-        with JobManager(config_from_dict(settings)) as m:
-            yield m
+        try:
+            with JobManager(config_from_dict(settings)) as m:
+                yield m
+        finally:
+            unmount_output_tmpfs(tmp)
 
 
 # ---- a throwaway daemon (the real one, as a subprocess) ---------------------------------------------------------
@@ -306,6 +309,7 @@ class BenchDaemon(Daemon):
         except subprocess.TimeoutExpired:
             pass  # killed by the harness
         left = remove_cgroups(self.subtree)
+        unmount_output_tmpfs(self.run_dir)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
         return left

@@ -54,6 +54,19 @@ def _duration(value: Any, key: str) -> float:
         raise ConfigError(str(exc)) from None
 
 
+def _size_or_percent(value: Any, key: str) -> str:
+    """A size (256M, 2G) or a share of RAM ("25%"), as tmpfs's size= option takes it."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1]
+        if not number.isdigit() or not 0 < int(number) <= 100:
+            raise ConfigError(f"{key}: a share of RAM must be a whole percentage from 1% to 100%, got {value!r}")
+        return f"{int(number)}%"
+    size = _size(value, key)
+    if size < 1 << 20:
+        raise ConfigError(f"{key}: at least 1M, got {value!r}")
+    return str(size)
+
+
 MAX_STOP_GRACE = 3600.0  # JobManager.stop refuses longer grace periods
 
 
@@ -124,11 +137,14 @@ class LimitsConfig:
     default: LimitValues = field(default_factory=lambda: LimitValues(pids=1024))
     max: LimitValues = field(default_factory=LimitValues)
     output_cap: int = 256 << 20  # bytes of output kept per job; the job is killed when it writes more
+    # All jobs' output together: the size of the run directory's own tmpfs (bytes, or "N%" of RAM).
+    output_total: str = "25%"
 
     _convert = {
         "default": lambda v, k: _section(LimitValues, v, k),
         "max": lambda v, k: _section(LimitValues, v, k),
         "output_cap": _size,
+        "output_total": lambda v, k: _size_or_percent(v, k),
     }
 
 

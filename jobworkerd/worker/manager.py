@@ -2,8 +2,9 @@
 
 Thread model: any thread may call the public methods. One monitor thread watches every running job's
 status pipe (EOF = the job's init has exited) and the shared inotify instance (output growth: wakes
-followers and checks the output cap); a small pool records job ends and does the killing, so the
-monitor never waits. Slow waits (stop's grace period) happen in the caller's thread.
+followers); a small pool records job ends and does the killing, so the monitor never waits. Slow waits
+(stop's grace period) happen in the caller's thread. The output cap and the output budget are enforced
+by each job's init, which alone writes the job's output (see the launcher).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from ..config import Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
 from .models import JobRecord, JobSpec, JobState, Reason
 from .output import OutputHub, OutputSource
-from .process import ForkServer, ForkServerUnavailable, launch
+from .process import ForkServer, ForkServerUnavailable, LaunchPlan, launch
+from .rundir import RunDir
 from .spec import resolve
 from .store import JobStore
 
 log = logging.getLogger("jobworkerd.jobs")
 
-MIN_FREE_RUN_DIR = 1 << 20  # refuse to start a job when the run directory has less than this left
 MAX_GRACE = 3600.0
 KILL_SETTLE = 5.0  # after SIGKILL, how long the init may take to be reported gone
 MONITOR_COALESCE = 0.002  # at most one inotify dispatch per 2 ms, however fast jobs write
@@ -49,7 +50,6 @@ class _Running:
     finished: threading.Event = field(default_factory=threading.Event)
     end_reason: Reason | None = None  # set by us when we end the job (stop, output cap)
     end_message: str = ""
-    watch: tuple[str, int] | None = None
     on_finish: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -70,12 +70,15 @@ class JobManager:
         # Ending a job can wait (processes in uninterruptible I/O die slowly); never in the monitor thread,
         # which must keep waking followers and noticing other jobs' ends.
         self._enders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-end")
-        self.jobs_dir = os.path.join(config.run_dir, "jobs")
+        self.run_dir = RunDir(config.run_dir, config.limits.output_total)
+        self.jobs_dir = self.run_dir.jobs_dir
+        # Shown empty inside every job: other jobs' output, and every job's record (arguments, environment).
+        self.hidden_paths = [self.jobs_dir, os.path.realpath(config.state_dir)]
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
     def open(self) -> "JobManager":
-        os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
+        self.run_dir.open()
         self.backend.setup()
         self.reconcile()
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -119,7 +122,7 @@ class JobManager:
         if self._closing:
             raise FailedPrecondition("the daemon is shutting down; no new jobs are started")
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
-        self._check_run_dir_space()
+        self.run_dir.check_room()
         job_id = uuid.uuid4().hex[:12]
         record = JobRecord(
             id=job_id, owner=owner, spec=spec, limits=resolved.limits, created_at=time.time()
@@ -128,7 +131,7 @@ class JobManager:
         output_path, exit_file = os.path.join(job_dir, "output"), os.path.join(job_dir, "exit")
         try:
             os.mkdir(job_dir, 0o700)
-            output_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            output_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ResourceExhausted(f"cannot create the output file in {job_dir}: {exc.strerror}") from exc
         try:
@@ -143,7 +146,9 @@ class JobManager:
             self.store.put(self._failed(record, f"cannot create the job's cgroup: {exc}"))
             raise
         try:
-            launched = self._launch(resolved, self.backend.join_files(job_id), output_fd, exit_file)
+            plan = LaunchPlan(self.backend.join_files(job_id), exit_file, self.config.limits.output_cap,
+                              self.hidden_paths)
+            launched = self._launch(resolved, plan, output_fd)
         except Exception as exc:
             self.backend.kill(job_id)
             self.backend.remove(job_id)
@@ -155,7 +160,6 @@ class JobManager:
             os.close(output_fd)
         record = record.evolve(state=JobState.RUNNING, started_at=time.time(), pid=launched.init_pid)
         running = _Running(record, launched.status_fd, output_path, exit_file)
-        running.watch = self.hub.subscribe(output_path, lambda: self._check_output_cap(running))
         with self._lock:
             self._running[job_id] = running
             self._pending.append(running)
@@ -253,29 +257,6 @@ class JobManager:
         except Exception:  # shutting down: keep stopping the others
             pass
 
-    def _check_output_cap(self, running: _Running) -> None:
-        """Runs in the monitor thread on every growth of a running job's output file."""
-        cap = self.config.limits.output_cap
-        if running.end_reason is not None or running.finished.is_set():
-            return
-        try:
-            size = os.stat(running.output_path).st_size
-        except FileNotFoundError:
-            return
-        if size <= cap:
-            return
-        running.end_reason = Reason.OUTPUT_CAPPED
-        running.end_message = f"output reached the cap of {cap} bytes; job killed, output kept up to the cap"
-        self.backend.freeze(running.record.id, True)  # stop the writers at once; cut and kill off this thread
-        self._enders.submit(self._cut_and_kill, running, cap)
-
-    def _cut_and_kill(self, running: _Running, cap: int) -> None:
-        try:
-            os.truncate(running.output_path, cap)
-            self.backend.kill(running.record.id)
-        except Exception:
-            log.exception("job %s: cannot enforce the output cap", running.record.id)
-
     # -- the monitor thread ---------------------------------------------------------------------------------------
 
     def _monitor_loop(self) -> None:
@@ -319,24 +300,15 @@ class JobManager:
             error = ""
         except Exception as exc:  # keep the record truthful even if the cgroup misbehaves
             usage, error = running.record.usage, f"; cgroup clean-up failed: {exc}"
-        cap = self.config.limits.output_cap
-        if _size(running.output_path) > cap:  # it wrote past the cap and ended before the cap check stopped it
-            os.truncate(running.output_path, cap)
-            if running.end_reason is None:
-                running.end_reason = Reason.OUTPUT_CAPPED
-                running.end_message = (
-                    f"output reached the cap of {cap} bytes; output kept up to the cap (the job ended by itself "
-                    "before it could be killed)"
-                )
-        exit_code, sig = read_exit_file(running.exit_file)
+        exit_code, sig, verdict = read_exit_file(running.exit_file)
         usage = replace(usage, output_bytes=_size(running.output_path))
         if exit_code is None and sig is None:
-            sig = signal.SIGKILL  # no exit file: the init itself was killed (stop, OOM, cap)
+            sig = signal.SIGKILL  # no exit file: the init itself was killed
         reason, message = running.end_reason, running.end_message
-        if reason is None:
+        if verdict:  # the init ended the job at the output cap or budget: that is why it ended
+            reason, message = Reason.OUTPUT_CAPPED, self._capped_message(verdict)
+        elif reason is None:
             reason, message = classify_end(exit_code, sig, usage.oom_kills, running.record.limits.memory)
-        if running.watch is not None:
-            self.hub.unsubscribe(running.watch)
         with self._lock:
             running.record = running.record.evolve(
                 state=JobState.FINISHED,
@@ -396,26 +368,24 @@ class JobManager:
             return running.record
         return running.record.evolve(usage=replace(usage, output_bytes=_size(running.output_path)))
 
-    def _launch(self, resolved, join_files: list[str], output_fd: int, exit_file: str):
+    def _launch(self, resolved, plan: LaunchPlan, output_fd: int):
         try:
-            return self.forkserver.launch(resolved, join_files, output_fd, exit_file)
+            return self.forkserver.launch(resolved, plan, output_fd)
         except ForkServerUnavailable as exc:
             log.warning("%s; starting this job's launcher directly", exc)
-            return launch(resolved, join_files, output_fd, exit_file)
+            return launch(resolved, plan, output_fd)
+
+    def _capped_message(self, verdict: str) -> str:
+        if verdict == "full":
+            return (f"the output budget (limits.output_total = {self.run_dir.budget}, shared by all jobs) is full; "
+                    "the job was killed, its output kept up to that point")
+        return (f"output reached the cap of {self.config.limits.output_cap} bytes; job killed, output kept up "
+                "to the cap")
 
     def _failed(self, record: JobRecord, message: str) -> JobRecord:
         return record.evolve(
             state=JobState.FINISHED, reason=Reason.FAILED_TO_START, message=message, finished_at=time.time()
         )
-
-    def _check_run_dir_space(self) -> None:
-        st = os.statvfs(self.config.run_dir)
-        free = st.f_bavail * st.f_frsize
-        if free < MIN_FREE_RUN_DIR:
-            raise ResourceExhausted(
-                f"the run directory {self.config.run_dir} is full ({free} bytes free); no new job can keep "
-                "its output there until old jobs' output is removed or the filesystem grows"
-            )
 
     def reconcile(self) -> None:
         """After a crash: jobs recorded as unfinished are ended (killed if still running) and recorded
@@ -432,10 +402,12 @@ class JobManager:
             if record is None:
                 continue
             exit_file = os.path.join(self.jobs_dir, job_id, "exit")
-            exit_code, sig = read_exit_file(exit_file)
+            exit_code, sig, verdict = read_exit_file(exit_file)
             reason, message = classify_recovered(
                 record, was_running, exit_code, sig, usage.oom_kills if usage else 0
             )
+            if verdict and not was_running:
+                reason, message = Reason.OUTPUT_CAPPED, self._capped_message(verdict) + "; while the daemon was down"
             output_bytes = _size(os.path.join(self.jobs_dir, job_id, "output"))
             self.store.put(
                 record.evolve(
@@ -458,19 +430,20 @@ def check_job_id(job_id: str) -> None:
         raise InvalidArgument(f"job id {job_id[:64]!r} is malformed: ids are 12 hex digits, as printed by start")
 
 
-def read_exit_file(path: str) -> tuple[int | None, int | None]:
-    """The init writes the program's raw wait status here. None, SIGKILL when the init itself was killed."""
+def read_exit_file(path: str) -> tuple[int | None, int | None, str]:
+    """The init writes "<raw wait status> [capped|full]" here: (exit code, signal, verdict). (None, None, "")
+    without the file; (None, SIGKILL, "") when the init itself was killed before writing a status."""
     try:
-        with open(path, encoding="ascii") as handle:
-            text = handle.read().strip()
+        with open(path, encoding="ascii", errors="replace") as handle:
+            words = handle.read().split()
     except FileNotFoundError:
-        return None, None
-    if not text.isdigit():
-        return None, signal.SIGKILL
-    status = int(text)
+        return None, None, ""
+    if not words or not words[0].isdigit():
+        return None, signal.SIGKILL, ""
+    status, verdict = int(words[0]), " ".join(words[1:2])
     if os.WIFSIGNALED(status):
-        return None, os.WTERMSIG(status)
-    return os.WEXITSTATUS(status), None
+        return None, os.WTERMSIG(status), verdict
+    return os.WEXITSTATUS(status), None, verdict
 
 
 def classify_recovered(

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InternalError, StartFailed
 from .models import ResolvedSpec
@@ -33,6 +33,8 @@ STEP_HINTS = {
     "unshare": "cannot create namespaces",
     "make-mounts-private": "cannot make mounts private",
     "mount-proc": "cannot mount /proc in the job's namespace",
+    "hide-path": "cannot hide a daemon directory in the job's mount namespace",
+    "read-spec": "the launcher could not read the job's spec",
     "loopback-up": "cannot bring up loopback in the job's network namespace",
 }
 
@@ -43,13 +45,26 @@ class Launched:
     status_fd: int  # read end of the status pipe: EOF when the job's init has exited
 
 
-def encode_spec(resolved: ResolvedSpec, join_files: list[str], exit_file: str) -> bytes:
-    fields: list[tuple[str, str]] = [("join", f) for f in join_files]
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What the launcher needs besides the resolved spec (see the launcher's protocol)."""
+
+    join_files: list[str]  # the job cgroup's files the program's process writes "0" into
+    exit_file: str  # where the job's init writes "<raw wait status> [capped|full]"
+    output_cap: int  # bytes of output the init copies at most
+    hidden_paths: list[str] = field(default_factory=list)  # shown empty inside the job
+
+
+def encode_spec(resolved: ResolvedSpec, plan: LaunchPlan) -> bytes:
+    fields: list[tuple[str, str]] = [("join", f) for f in plan.join_files]
+    fields += [("hide", p) for p in plan.hidden_paths]
     fields += [("uid", str(resolved.uid)), ("gid", str(resolved.gid))]
     fields += [("group", str(g)) for g in resolved.groups]
-    fields += [("cwd", resolved.directory), ("program", resolved.program), ("exit_file", exit_file)]
+    fields += [("cwd", resolved.directory), ("program", resolved.program), ("exit_file", plan.exit_file)]
+    fields += [("cap", str(plan.output_cap))]
     fields += [("arg", a) for a in resolved.argv]
     fields += [("env", f"{k}={v}") for k, v in resolved.env.items()]
+    fields += [("end", "")]  # the launcher runs no spec that lacks it (a daemon that died mid-write)
     return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in fields)
 
 
@@ -65,17 +80,16 @@ def describe_failure(line: str) -> StartFailed:
     return StartFailed(f"{what}{target}: {os.strerror(err)} ({name})", step=step, errno=err)
 
 
-def launch(resolved: ResolvedSpec, join_files: list[str], output_fd: int, exit_file: str) -> Launched:
+def launch(resolved: ResolvedSpec, plan: LaunchPlan, output_fd: int) -> Launched:
     """Start one launcher process directly and wait until the program has been exec'd. Raises StartFailed.
     The fallback when no forkserver is running (costs ~10 ms of interpreter start per job)."""
     status_r, status_w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", LAUNCHER, str(status_w)],
+            [sys.executable, "-I", "-S", LAUNCHER, str(status_w), str(output_fd)],
             stdin=subprocess.PIPE,
-            stdout=output_fd,
-            stderr=output_fd,
-            pass_fds=(status_w,),
+            stdout=subprocess.DEVNULL,
+            pass_fds=(status_w, output_fd),
             cwd="/",
             env={},
         )
@@ -85,7 +99,7 @@ def launch(resolved: ResolvedSpec, join_files: list[str], output_fd: int, exit_f
     finally:
         os.close(status_w)
     try:
-        _write_spec(proc.stdin.fileno(), encode_spec(resolved, join_files, exit_file))  # type: ignore[union-attr]
+        _write_spec(proc.stdin.fileno(), encode_spec(resolved, plan))  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
         return _await_outcome(status_r)
     finally:
@@ -136,7 +150,7 @@ class ForkServer:
                     if attempt == 2:
                         raise
 
-    def launch(self, resolved: ResolvedSpec, join_files: list[str], output_fd: int, exit_file: str) -> Launched:
+    def launch(self, resolved: ResolvedSpec, plan: LaunchPlan, output_fd: int) -> Launched:
         status_r, status_w = os.pipe()
         spec_r, spec_w = os.pipe()
         try:
@@ -149,7 +163,7 @@ class ForkServer:
             os.close(spec_r)
             os.close(status_w)
         try:
-            _write_spec(spec_w, encode_spec(resolved, join_files, exit_file))
+            _write_spec(spec_w, encode_spec(resolved, plan))
         finally:
             os.close(spec_w)
         return _await_outcome(status_r)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from daemon_harness import Daemon
+from daemon_harness import Daemon, unmount_output_tmpfs
 
 
 def pytest_collection_modifyitems(config, items):
@@ -19,6 +19,23 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="integration tests need root: real cgroups, namespaces and a root daemon")
         for item in items:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_output_tmpfs_left(tmp_path_factory):
+    """Daemons mount a tmpfs for their output that outlives them by design; none outlives the tests.
+    Also those a killed earlier session left beneath pytest's older temporary directories."""
+    unmount_output_tmpfs(tmp_path_factory.getbasetemp().parent)
+    yield
+    unmount_output_tmpfs(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def _no_output_tmpfs_left_by_this_test(request):
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is not None:
+        unmount_output_tmpfs(tmp)
 
 
 @pytest.fixture(scope="session")

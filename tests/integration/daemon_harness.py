@@ -64,7 +64,9 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> "Daemon":
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd="/")
+            # A session of its own, as under systemd: a job that escaped its own session must not reach the tests.
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd="/",
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log.read_bytes()[offset:].decode(errors="replace")
@@ -153,6 +155,26 @@ class Daemon:
                 if base.is_dir():
                     found += [str(p) for p in base.rglob("*") if p.is_dir()] + [str(base)]
         return found
+
+
+def output_tmpfs_mounts(under: str | Path) -> list[str]:
+    """Mount points of daemons' output tmpfs (rundir.FS_SOURCE) at or below `under`, deepest first."""
+    prefix = os.path.realpath(under)
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        source = fields[fields.index("-") + 2]
+        if source == "jobworkerd-output" and (point == prefix or point.startswith(prefix + "/")):
+            found.append(point)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def unmount_output_tmpfs(under: str | Path) -> None:
+    """A daemon's output tmpfs outlives the daemon by design (output survives restarts): a throwaway run
+    directory's goes when its test is done."""
+    for point in output_tmpfs_mounts(under):
+        subprocess.run(["umount", point], check=False)
 
 
 def fd_count(pid: int) -> int:

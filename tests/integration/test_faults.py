@@ -114,68 +114,7 @@ def test_daemon_sigkill_during_stream_client_resumes_from_offset(daemon_factory)
     assert not d.cgroup_dirs(), d.cgroup_dirs()
 
 
-# -- (b) run directory full ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path_factory):
-    mount_point = Path(tmp_path_factory.mktemp("runfull")) / "run"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=0755", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as exc:
-        assert exc.errno == 28, exc  # ENOSPC: full
-    finally:
-        os.close(fd)
-    return filler
-
-
-def test_run_directory_full_refuses_starts_and_running_jobs_carry_on(daemon_factory, small_tmpfs, tmp_path):
-    d = daemon_factory({"run_dir": str(small_tmpfs)}).start()
-    try:
-        stub = d.stub()
-        marker = new_marker()
-        go = tmp_path / "go"
-        running = sh(stub, f"echo started {marker}; while [ ! -e {go} ]; do {marked_nap(marker)}; "
-                           "done; exit 3")
-        wait_until(lambda: marked_processes(marker), "the running job")
-        filler = fill(small_tmpfs)
-        statvfs = os.statvfs(small_tmpfs)
-        assert statvfs.f_bavail * statvfs.f_frsize < 1 << 20
-
-        error = rpc_error(lambda: start(stub, "true"))
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "run directory" in error.details() and "full" in error.details(), error.details()
-
-        # The daemon carries on: it answers, the running job runs, its output is still readable.
-        assert stub.GetJob(pb.GetJobRequest(job_id=running.id), timeout=30).state == pb.JOB_STATE_RUNNING
-        assert running.id in {j.id for j in stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs}
-        assert read_all(stub, running.id, follow=False) == f"started {marker}\n".encode()
-        assert marked_processes(marker)
-        # A job that ends while the run directory is full is still recorded truthfully.
-        go.touch()
-        ended = wait_job(stub, running.id)
-        assert (ended.reason, ended.exit_code) == (R.TERMINATION_REASON_EXITED, 3), ended
-
-        # Space comes back: starts work again.
-        filler.unlink()
-        job = start(stub, "echo", "again")
-        assert wait_job(stub, job.id).exit_code == 0
-        assert read_all(stub, job.id) == b"again\n"
-        assert not job_cgroups(d, running.id)
-    finally:
-        d.stop()  # before the tmpfs is unmounted: the daemon holds files there
+# -- (b) run directory full: see test_containment.py (the output budget) ------------------------------------------
 
 
 # -- (c) output cap ----------------------------------------------------------------------------------------------

@@ -276,10 +276,13 @@ def test_memory_limit_is_written_to_the_job_cgroup(manager):
     assert (job_cgroup("cpu", record.id) / "cpu.cfs_quota_us").read_text().strip() == "50000"
     assert (job_cgroup("cpu", record.id) / "cpu.cfs_period_us").read_text().strip() == "100000"
     assert (job_cgroup("pids", record.id) / "pids.max").read_text().strip() == "20"
-    # Every process of the job is in the job's node of every hierarchy.
+    # The program (the init's child) and all it starts are in the job's node of every hierarchy; the init,
+    # which writes the output, is not (its tmpfs pages must not count against the job's memory limit).
     init = record.pid
+    (program,) = Path(f"/proc/{init}/task/{init}/children").read_text().split()
     for controller in V1_CONTROLLERS:
-        assert str(init) in (job_cgroup(controller, record.id) / "cgroup.procs").read_text().split()
+        members = (job_cgroup(controller, record.id) / "cgroup.procs").read_text().split()
+        assert members == [program] and str(init) not in members, (controller, members)
     manager.stop(record.id, GRACE)
 
 
