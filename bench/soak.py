@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> dict:
         identities = [(args.ca, args.cert, args.key)]
     else:
         sys.path.insert(0, str(REPO / "tests" / "integration"))
-        from daemon_harness import Daemon  # the integration tests' launcher: own CA, config, state, run dir, cgroups
+        from daemon_harness import Daemon, unmount_output_tmpfs  # the tests' launcher: own CA, config, dirs, cgroups
 
         workdir = Path(tempfile.mkdtemp(prefix="jobworkerd-soak-"))
         own = Daemon(workdir / "daemon", {"stop_grace": "2s"}).start()
@@ -316,6 +316,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         if own is not None:
             code = own.stop()
+            unmount_output_tmpfs(workdir)
             left = own.cgroup_dirs()
             if code != 0 or left:
                 print(f"daemon stop: exit {code}, cgroups left {left}; log: {own.log}")

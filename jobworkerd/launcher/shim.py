@@ -130,29 +130,29 @@ class Output:
 
 
 def supervise(program, output, wake_r):
-    """The shim's loop: copy output as it comes; reap every child (orphans included). When the program
-    has ended, or the output is over its cap or budget, end every process of the job (kill -1 from PID 1
-    reaches all of its namespace and nothing else), copy what is left in the pipe, and return the
-    program's raw wait status."""
+    """The shim's loop: copy output as it comes; reap every child (orphans included) when SIGCHLD says so.
+    When the program has ended, or the output is over its cap or budget, end every process of the job
+    (kill -1 from PID 1 reaches all of its namespace and nothing else), copy what is left in the pipe, and
+    return the program's raw wait status."""
     poller = select.poll()
     poller.register(output.pipe_r, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     status = None
     killed = False
     while True:
+        reap = False
         for fd, events in poller.poll():
             if fd == wake_r:
                 os.read(wake_r, 256)
-            elif output.open:
-                if events & select.POLLIN:
-                    output.copy_available()
-                else:
-                    output.open = False  # POLLHUP: every writer is gone
-            if not output.open and fd == output.pipe_r:
+                reap = True
+            elif events & select.POLLIN and output.copy_available():
+                continue
+            elif not output.open or not events & select.POLLIN:  # POLLHUP: every writer is gone
+                output.open = False
                 poller.unregister(output.pipe_r)
         if output.verdict and not killed:
             killed = kill_the_rest()
-        while True:
+        while reap:
             try:
                 pid, raw = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:  # nothing left in the namespace

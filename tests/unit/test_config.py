@@ -112,6 +112,12 @@ def test_unknown_key_is_an_error_naming_it(data, key):
         ({"run_as": {"allowed_users": ["nobody", 5]}}, ["run_as.allowed_users:", "list of strings"]),
         # _choice
         ({"cgroup": {"version": "v3"}}, ["cgroup.version:", "auto, v1, v2", "'v3'"]),
+        # _size_or_percent
+        ({"limits": {"output_total": "0%"}}, ["limits.output_total:", "from 1% to 100%", "'0%'"]),
+        ({"limits": {"output_total": "150%"}}, ["limits.output_total:", "from 1% to 100%"]),
+        ({"limits": {"output_total": "2.5%"}}, ["limits.output_total:", "whole percentage"]),
+        ({"limits": {"output_total": "512K"}}, ["limits.output_total:", "at least 1M", "'512K'"]),
+        ({"limits": {"output_total": "lots"}}, ["limits.output_total", "not a size"]),
         # a section that is not a mapping
         ({"tls": "/etc/tls"}, ["tls:", "expected a mapping"]),
         ({"limits": {"default": [1]}}, ["limits.default:", "expected a mapping"]),
@@ -123,6 +129,13 @@ def test_each_converter_error_names_the_key_and_the_value(data, fragments):
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def test_the_output_budget_is_a_size_or_a_share_of_ram_as_tmpfs_takes_it():
+    assert config_from_dict({}).limits.output_total == "25%"
+    assert config_from_dict({"limits": {"output_total": " 40% "}}).limits.output_total == "40%"
+    assert config_from_dict({"limits": {"output_total": "2G"}}).limits.output_total == str(2 << 30)
+    assert config_from_dict({"limits": {"output_total": 8 << 20}}).limits.output_total == str(8 << 20)
 
 
 def test_stop_grace_bounds():

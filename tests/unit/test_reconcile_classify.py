@@ -2,7 +2,9 @@
 
 import signal
 
-from jobworkerd.worker.manager import classify_recovered
+import pytest
+
+from jobworkerd.worker.manager import classify_recovered, read_exit_file
 from jobworkerd.worker.models import JobRecord, JobSpec, JobState, Limits, Reason
 
 
@@ -32,3 +34,20 @@ def test_sigkill_while_the_daemon_was_down_is_lost_not_exited():
 
 def test_oom_while_the_daemon_was_down_is_oom():
     assert classify_recovered(record(memory=64 << 20), False, None, signal.SIGKILL, 1)[0] is Reason.OOM_KILLED
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0" + " " * 31, (0, None, "")),
+    ("768", (3, None, "")),  # the format before the init became the shim: a status alone
+    ("9 capped" + " " * 24, (None, 9, "capped")),
+    ("9 full", (None, 9, "full")),
+    (" " * 32, (None, signal.SIGKILL, "")),  # preallocated, never written: the init itself was killed
+])
+def test_the_exit_file_gives_status_and_the_inits_verdict(tmp_path, text, expected):
+    path = tmp_path / "exit"
+    path.write_text(text)
+    assert read_exit_file(str(path)) == expected
+
+
+def test_no_exit_file_is_no_status(tmp_path):
+    assert read_exit_file(str(tmp_path / "exit")) == (None, None, "")

@@ -289,6 +289,34 @@ def main() -> int:
             raise AssertionError(f"jobctl run -- true exited {proc.returncode}: {proc.stdout}")
         return {"seconds": facts["jobctl_run_true_seconds"]}
 
+    @check("containment", needs=("first-job",))
+    def _():
+        # The output lives on the daemon's own tmpfs (limits.output_total, 25% of RAM by default), the run
+        # directory is root's alone and hidden inside jobs, and a root job's `kill -TERM 0` and
+        # `renice -g 0` reach only the job, not the service (which would otherwise exit 0 and stay down).
+        mount = must(["findmnt", "-n", "-o", "FSTYPE,SIZE,SOURCE", "/run/jobworkerd/jobs"]).split()
+        mem_kib = int(next(l for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal:")).split()[1])
+        size_kib = os.statvfs("/run/jobworkerd/jobs").f_blocks * os.statvfs("/run/jobworkerd/jobs").f_frsize // 1024
+        modes = {p: oct(os.stat(p).st_mode & 0o777) for p in ("/run/jobworkerd", "/run/jobworkerd/jobs")}
+        main_before = show("MainPID")["MainPID"]
+        seen = jobctl("run", "--", "sh", "-c", "ls -A /run/jobworkerd/jobs | wc -l; ls -A /var/lib/jobworkerd | wc -l")
+        hostile = jobctl("run", "--", "sh", "-c", "renice -n 10 -g 0 >/dev/null; kill -TERM 0; sleep 2")
+        time.sleep(1)
+        props = show("MainPID", "ActiveState")
+        nice = read(f"/proc/{props['MainPID']}/stat").rsplit(")", 1)[1].split()[16]
+        detail = {"mount": mount, "size_kib": size_kib, "mem_kib": mem_kib, "modes": modes,
+                  "job_sees": seen.stdout.split(), "hostile_rc": hostile.returncode, "service": props,
+                  "daemon_nice": nice}
+        if mount[:1] != ["tmpfs"] or mount[-1:] != ["jobworkerd-output"] or not 0.2 * mem_kib < size_kib < 0.3 * mem_kib:
+            raise AssertionError(f"the output tmpfs is not mounted as configured: {detail}")
+        if set(modes.values()) != {"0o700"}:
+            raise AssertionError(f"the run directory is not root's alone: {detail}")
+        if seen.stdout.split() != ["0", "0"]:
+            raise AssertionError(f"a job sees the run or state directory: {detail}")
+        if hostile.returncode != 143 or props != {"MainPID": main_before, "ActiveState": "active"} or nice != "0":
+            raise AssertionError(f"a root job's kill -TERM 0 or renice -g 0 reached the daemon: {detail}")
+        return detail
+
     @check("transcript-limited-job", needs=("first-job",))
     def _():
         script = ('echo "pid in the job\'s namespace: $$"; cg=$(cut -d: -f3 /proc/self/cgroup); echo "cgroup: $cg"; '
@@ -575,6 +603,8 @@ def main() -> int:
         left = [p for p in ("/usr/lib/jobworkerd", "/var/lib/jobworkerd", "/run/jobworkerd", "/etc/jobworkerd",
                             "/root/.config/jobctl", "/lib/systemd/system/jobworkerd.service", "/usr/bin/jobctl",
                             "/usr/bin/jobworkerd", SVC_CG) if os.path.lexists(p)]
+        if sh(["findmnt", "/run/jobworkerd/jobs"]).returncode == 0:
+            left.append("the output tmpfs on /run/jobworkerd/jobs")
         state = sh(["systemctl", "is-active", SERVICE]).stdout.strip()
         enabled = glob.glob("/etc/systemd/system/*/jobworkerd.service")
         if left or enabled or procs_under("/system.slice/jobworkerd.service"):
