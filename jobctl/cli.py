@@ -17,6 +17,9 @@ from jobworkerd.units import parse_duration, parse_size
 
 from .errors import JobctlError, UsageError
 
+# Hidden (not in the parser, --help or the man page): job ids for shell completion, see complete.py.
+COMPLETE_IDS = "__complete-ids"
+
 EPILOG = """\
 connection settings, each from the first that gives it:
   --addr/--ca/--cert/--key, then JOBCTL_ADDR/JOBCTL_CA/JOBCTL_CERT/JOBCTL_KEY,
@@ -277,6 +280,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        if argv[:1] == [COMPLETE_IDS]:
+            from .complete import complete_ids
+
+            return complete_ids(argv[1:])
         args = parse(argv)
         # "contexts.add": the config file only, no grpc; "run": commands, where grpc is imported
         module, _, handler = args.handler.rpartition(".")
