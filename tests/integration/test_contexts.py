@@ -123,3 +123,30 @@ def test_complete_ids_lists_the_jobs_of_the_daemon_in_effect(two):
     assert time.monotonic() - start < 10
     done = jobctl("__complete-ids", "--context", "nope")
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_bash_completion_offers_the_ids_of_the_daemon_in_effect(two, tmp_path):
+    """The shipped completion script, in a real bash, asking a real daemon through jobctl __complete-ids."""
+    import shlex
+    from pathlib import Path
+
+    _, jobctl = two
+    job_a = jobctl("--context", "a", "run", "-d", "--", "true").stdout.strip()
+    job_b = jobctl("--context", "b", "run", "-d", "--", "sleep", "60").stdout.strip()
+    jobctl("--context", "a", "wait", job_a)
+    script = Path(__file__).resolve().parents[2] / "completion" / "bash" / "jobctl"
+    env = {"HOME": str(tmp_path / "home"), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+
+    def complete(*words: str) -> set[str]:
+        code = (f"source {shlex.quote(str(script))}\nCOMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+                "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n_jobctl jobctl\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n")
+        done = subprocess.run(["bash", "--norc", "--noprofile", "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        return {line for line in done.stdout.splitlines() if line}
+
+    assert complete("jobctl", "--context", "a", "status", "") == {job_a}
+    assert complete("jobctl", "logs", "--context", "=", "b", "-f", "") == {job_b}
+    assert complete("jobctl", "--context", "b", "stop", "") == {job_b}  # stop: jobs not yet finished
+    assert complete("jobctl", "--context", "a", "stop", "") == set()
+    assert complete("jobctl", "--context", "b", "status", job_b[:3]) == {job_b}
+    jobctl("--context", "b", "stop", "--grace", "0", job_b)
