@@ -41,12 +41,17 @@ CONNECTION = ("addr", "ca", "cert", "key", "context")  # jobctl's options before
 
 
 def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str]]:
-    """(command path, parser, its one-line help) for the parser and every subcommand, depth first."""
+    """(command path, parser, its description) for the parser and every visible subcommand, depth
+    first. A subcommand added without help= is hidden, as in --help."""
     yield path, parser, parser.description or ""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from walk(sub, (*path, name))
+            for name in visible(action):
+                yield from walk(action.choices[name], (*path, name))
+
+
+def visible(action: argparse._SubParsersAction) -> list[str]:  # type: ignore[type-arg]
+    return [choice.dest for choice in action._choices_actions]
 
 
 def help_of(parent: argparse.ArgumentParser, name: str) -> str:
@@ -61,7 +66,7 @@ def help_of(parent: argparse.ArgumentParser, name: str) -> str:
 def subcommands(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return list(action.choices)
+            return visible(action)
     return []
 
 

@@ -33,7 +33,8 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
     found = {path: parser}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
+            for name in (c.dest for c in action._choices_actions):  # visible ones: hidden have no help=
+                sub = action.choices[name]
                 found.update(commands(sub, (*path, name)))
     return found
 

@@ -117,7 +117,8 @@ def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
     yield path, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
+            for name in (c.dest for c in action._choices_actions):  # visible ones: hidden have no help=
+                sub = action.choices[name]
                 yield from parsers(sub, (*path, name))
 
 
@@ -125,7 +126,7 @@ def test_every_command_and_option_of_the_parser_completes(env):
     for path, parser in parsers(cli.build_parser()):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if subs:
-            assert complete(env, "jobctl", *path, "") == sorted(subs[0].choices), path
+            assert complete(env, "jobctl", *path, "") == sorted(c.dest for c in subs[0]._choices_actions), path
         options = {s for a in parser._actions for s in a.option_strings}
         offered = set(complete(env, "jobctl", *path, "-"))
         assert offered - {"--"} == options, path
