@@ -35,6 +35,8 @@ CHECKS = [
     "install",
     "service-active",
     "first-job",
+    "man-pages",
+    "bash-completion",
     "transcript-limited-job",
     "delegation-placement",
     "memory-oom-killed",
