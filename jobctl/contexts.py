@@ -1,7 +1,8 @@
 """`jobctl context add|use|ls|rm`: named connection settings for many daemons, kept in the config
 file (see `settings` for the format and the order in which settings are taken).
 
-These commands touch only the config file: no grpc. The file is rewritten atomically (a temporary
+These commands touch only the config file: no grpc. Each reads and rewrites it under a lock on
+its directory (flock), so concurrent ones lose nothing. The file is rewritten atomically (a temporary
 file in the same directory, fsync, rename) with mode 0600, keeping every key it held, also those
 jobctl does not know; YAML comments are not kept.
 """
@@ -9,9 +10,12 @@ jobctl does not know; YAML comments are not kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import JobctlError, UsageError
@@ -30,13 +34,17 @@ from .settings import (
 
 def add(args: argparse.Namespace) -> int:
     name = _checked_name(args.name)
-    config = ConfigFile.read(_path())
-    if name in config.context_names():
-        raise UsageError(f"context {name!r} exists already in {config.path}: "
-                         f"remove it first (jobctl context rm {name}) or pick another name")
     entry = {"addr": _checked_addr(args.ctx_addr)}
     for key in ("ca", "cert", "key"):
         entry[key] = _checked_file(f"--{key}", getattr(args, f"ctx_{key}"))
+    with _editing(create=True) as config:
+        return _add(name, entry, config)
+
+
+def _add(name: str, entry: dict[str, str], config: ConfigFile) -> int:
+    if name in config.context_names():
+        raise UsageError(f"context {name!r} exists already in {config.path}: "
+                         f"remove it first (jobctl context rm {name}) or pick another name")
     contexts = config.data.get(CONTEXTS)
     if not isinstance(contexts, dict):
         contexts = config.data[CONTEXTS] = {}
@@ -47,8 +55,11 @@ def add(args: argparse.Namespace) -> int:
 
 
 def use(args: argparse.Namespace) -> int:
-    name = args.name
-    config = ConfigFile.read(_path())
+    with _editing() as config:
+        return _use(args.name, config)
+
+
+def _use(name: str, config: ConfigFile) -> int:
     if name == DEFAULT_CONTEXT:
         config.data.pop(CURRENT, None)
     elif name not in config.context_names():
@@ -83,8 +94,11 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def rm(args: argparse.Namespace) -> int:
-    name = args.name
-    config = ConfigFile.read(_path())
+    with _editing() as config:
+        return _rm(args.name, config)
+
+
+def _rm(name: str, config: ConfigFile) -> int:
     if name == DEFAULT_CONTEXT:
         raise UsageError(f"the {DEFAULT_CONTEXT} context is the top-level keys of {config.path}; it cannot be removed")
     if name not in config.context_names():
@@ -146,6 +160,28 @@ def write_config(path: str, data: dict[str, Any]) -> None:
 
 def _path() -> str:
     return default_config_path(os.environ)
+
+
+@contextlib.contextmanager
+def _editing(create: bool = False) -> Iterator[ConfigFile]:
+    """The config file, read under an exclusive lock on its directory that is held until the
+    command has written it: two context commands at once do not lose each other's change."""
+    path = _path()
+    directory = os.path.dirname(os.path.realpath(path))
+    try:
+        if create:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        yield ConfigFile.read(path)  # no directory, no file: nothing to race with
+        return
+    except OSError as err:
+        raise JobctlError(f"cannot open {directory}: {err.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield ConfigFile.read(path)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _in_effect(args: argparse.Namespace, config: ConfigFile, names: list[str]) -> str:

@@ -178,3 +178,16 @@ def test_context_commands_import_no_grpc(home, capsys):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stderr
+
+
+def test_concurrent_adds_lose_nothing(home, capsys):
+    """Each command reads and rewrites the file under a lock: none overwrites another's context."""
+    add(capsys, "first")
+    names = [f"c{i}" for i in range(8)]
+    procs = [subprocess.Popen([sys.executable, "-m", "jobctl", "context", "add", name, "--addr", "h:1", "--ca", "ca.crt",
+                               "--cert", "a.crt", "--key", "a.key"], env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for name in names]
+    for proc in procs:
+        assert proc.wait(60) == 0, proc.stderr.read()
+        proc.stderr.close()
+    assert sorted(load(home)["contexts"]) == sorted(["first", *names])
