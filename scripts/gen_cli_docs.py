@@ -381,11 +381,12 @@ _jobctl_contexts() {
     "$1" context ls -q 2>/dev/null
 }
 
+# File names go through mapfile, one per line, so that names with blanks stay whole.
 _jobctl_value() {  # jobctl-command kind current-word
     local kind=$2 cur=$3
     case $kind in
-        file|path) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")) ;;
-        dir) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur")) ;;
+        file|path) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
+        dir) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;
         context) COMPREPLY=($(compgen -W "$(_jobctl_contexts "$1")" -- "$cur")) ;;
         choices:*) COMPREPLY=($(compgen -W "${kind#choices:}" -- "$cur")) ;;
         *) COMPREPLY=() ;;
@@ -462,9 +463,9 @@ _jobctl() {
     if ((dashdash)) || [[ $cmd == "jobctl run" && $nargs -gt 0 ]]; then
         if [[ $cmd == "jobctl run" ]]; then
             if ((nargs == 0)); then
-                COMPREPLY=($(compgen -c -- "$cur"))
+                mapfile -t COMPREPLY < <(compgen -c -- "$cur")
             else
-                compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             fi
         fi
         return 0
@@ -485,7 +486,7 @@ _jobctl() {
     case ${kinds[nargs]} in
         id) COMPREPLY=($(compgen -W "$(_jobctl_ids "$prog" "" "${conn[@]}")" -- "$cur")) ;;
         active-id) COMPREPLY=($(compgen -W "$(_jobctl_ids "$prog" active "${conn[@]}")" -- "$cur")) ;;
-        command) COMPREPLY=($(compgen -c -- "$cur")) ;;
+        command) mapfile -t COMPREPLY < <(compgen -c -- "$cur") ;;
         context) COMPREPLY=($(compgen -W "$(_jobctl_contexts "$prog")" -- "$cur")) ;;
         named-context) COMPREPLY=($(compgen -W "$(_jobctl_contexts "$prog" | grep -vx default)" -- "$cur")) ;;
     esac

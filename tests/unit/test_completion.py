@@ -36,6 +36,7 @@ def env(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "notes.txt").write_text("")
     (tmp_path / "work" / "subdir").mkdir()
+    (tmp_path / "work" / "my ca.crt").write_text("")
     return environment
 
 
@@ -86,6 +87,7 @@ def test_values(env):
     assert complete(env, "jobctl", "run", "--mem", "") == []  # a size: nothing to offer
     work = os.path.join(env["HOME"], "work")
     assert complete(env, "jobctl", "--ca", "no", cwd=work) == ["notes.txt"]
+    assert complete(env, "jobctl", "--ca", "my", cwd=work) == ["my ca.crt"]  # one name, blank and all
     assert complete(env, "jobctl", "run", "--dir", "s", cwd=work) == ["subdir"]  # directories only
     assert complete(env, "jobctl", "run", "--dir", "n", cwd=work) == []
 
