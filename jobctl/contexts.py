@@ -87,9 +87,9 @@ def ls(args: argparse.Namespace) -> int:
                  config.top_level().get("addr", DEFAULT_ADDR) + "  (top-level keys)"))
     for name in names:
         rows.append(("*" if current == name else "", name, config.context(name).get("addr", DEFAULT_ADDR)))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    width = max(len(name) for _, name, _ in rows)
     for mark, name, addr in rows:
-        _print(f"{mark:<{max(widths[0], 1)}} {name:<{widths[1]}}  {addr}".rstrip())
+        _print(f"{mark:1} {name:<{width}}  {addr}".rstrip())
     return 0
 
 
