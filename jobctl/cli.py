@@ -7,6 +7,7 @@ usage errors are quick; grpc and the generated stubs are imported once a command
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -16,10 +17,15 @@ from jobworkerd.units import parse_duration, parse_size
 
 from .errors import JobctlError, UsageError
 
+# Hidden (not in the parser, --help or the man page): job ids for shell completion, see complete.py.
+COMPLETE_IDS = "__complete-ids"
+
 EPILOG = """\
 connection settings, each from the first that gives it:
   --addr/--ca/--cert/--key, then JOBCTL_ADDR/JOBCTL_CA/JOBCTL_CERT/JOBCTL_KEY,
-  then ~/.config/jobctl/config.yaml (keys addr, ca, cert, key; relative paths
+  then the selected context in ~/.config/jobctl/config.yaml (--context NAME,
+  else JOBCTL_CONTEXT, else the file's current-context: see jobctl context
+  --help), then that file's top-level keys addr, ca, cert, key (relative paths
   are relative to the file). The address defaults to localhost:7443.
 
 exit status:
@@ -157,6 +163,8 @@ def build_parser() -> Parser:
         group.add_argument("--ca", metavar="FILE", default=default, help="CA certificate that issued the daemon's certificate")
         group.add_argument("--cert", metavar="FILE", default=default, help="client certificate")
         group.add_argument("--key", metavar="FILE", default=default, help="client certificate's private key")
+        group.add_argument("--context", metavar="NAME", default=default,
+                           help="take the settings not given otherwise from this context (see jobctl context)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, help: str, **kwargs) -> Parser:
@@ -206,7 +214,52 @@ def build_parser() -> Parser:
     wait = command("wait", "wait for a job to end and exit with its status (as run does)")
     wait.add_argument("job_id", metavar="ID")
     wait.set_defaults(handler="wait")
+
+    add_context_parser(sub)
     return parser
+
+
+CONTEXT_EPILOG = """\
+A context names the settings for one daemon; they live in ~/.config/jobctl/config.yaml
+(mode 0600) under contexts:, the one in use under current-context:. The top-level keys
+addr, ca, cert, key of that file form the context called default. --context NAME or
+JOBCTL_CONTEXT=NAME select a context for one command; --addr/--ca/--cert/--key and the
+JOBCTL_ADDR/CA/CERT/KEY variables still win over it.
+
+examples:
+  jobctl context add prod --addr jobs1.example.org:7443 --ca prod-ca.crt --cert me.crt --key me.key
+  jobctl context use prod
+  jobctl --context default ls
+"""
+
+
+def add_context_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    # No connection options here: `context add` has --addr/--ca/--cert/--key of its own.
+    context = sub.add_parser("context", help="manage named connection settings for many daemons (add, use, ls, rm)",
+                             description="Manage contexts: named connection settings for many daemons.",
+                             epilog=CONTEXT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    context_sub = context.add_subparsers(dest="context_cmd", metavar="SUBCOMMAND", parser_class=Parser)
+    add = context_sub.add_parser("add", help="add a context (the files are checked and stored as absolute paths)",
+                                 description="Add a context: the settings for one daemon, stored under a name.")
+    add.add_argument("name", metavar="NAME", help="letters, digits, '.', '_', '-' (not 'default')")
+    fields = add.add_argument_group("settings (all required)")
+    fields.add_argument("--addr", dest="ctx_addr", metavar="HOST:PORT", required=True, help="daemon address")
+    fields.add_argument("--ca", dest="ctx_ca", metavar="FILE", required=True, help="CA certificate that issued the daemon's certificate")
+    fields.add_argument("--cert", dest="ctx_cert", metavar="FILE", required=True, help="client certificate")
+    fields.add_argument("--key", dest="ctx_key", metavar="FILE", required=True, help="client certificate's private key")
+    add.set_defaults(handler="contexts.add")
+    use = context_sub.add_parser("use", help="make a context the current one ('default': the top-level keys)",
+                                 description="Make a context the current one; 'default' means the top-level keys.")
+    use.add_argument("name", metavar="NAME")
+    use.set_defaults(handler="contexts.use")
+    ls = context_sub.add_parser("ls", help="list the contexts; * marks the one in effect",
+                                description="List the contexts; * marks the one in effect.")
+    ls.add_argument("-q", "--quiet", action="store_true", help="print the names only")
+    ls.set_defaults(handler="contexts.ls")
+    rm = context_sub.add_parser("rm", help="remove a context (if current, default becomes current)",
+                                description="Remove a context; if it was the current one, default becomes current.")
+    rm.add_argument("name", metavar="NAME")
+    rm.set_defaults(handler="contexts.rm")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -217,6 +270,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint} (see jobctl --help)")
     if args.cmd is None:
         raise UsageError("no command given (see jobctl --help)")
+    if args.cmd == "context" and args.context_cmd is None:
+        raise UsageError("no context command given: jobctl context add|use|ls|rm (see jobctl context --help)")
     if args.cmd == "run" and not args.program[0]:
         raise UsageError("the program name is empty (see jobctl run --help)")
     return args
@@ -224,10 +279,15 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = parse(sys.argv[1:] if argv is None else argv)
-        from . import commands  # grpc is imported from here on
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if argv[:1] == [COMPLETE_IDS]:
+            from .complete import complete_ids
 
-        return getattr(commands, args.handler)(args)
+            return complete_ids(argv[1:])
+        args = parse(argv)
+        # "contexts.add": the config file only, no grpc; "run": commands, where grpc is imported
+        module, _, handler = args.handler.rpartition(".")
+        return getattr(importlib.import_module(f".{module or 'commands'}", __package__), handler)(args)
     except JobctlError as err:
         _report(err.message)
         return err.exit_code

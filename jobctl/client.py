@@ -78,14 +78,18 @@ class Client:
     def get(self, job_id: str) -> pb.Job:
         return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def list(self) -> list[pb.Job]:
+    def list(self, timeout: float | None = None, limit: int | None = None) -> list[pb.Job]:
+        """All jobs the caller may see, page by page; or, with `limit`, the first pages holding
+        at least that many. `timeout` bounds the whole listing."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         jobs: list[pb.Job] = []
         token = ""
         while True:
-            page = self._call(self._stub.ListJobs, pb.ListJobsRequest(page_token=token))
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            page = self._call(lambda r: self._stub.ListJobs(r, timeout=left), pb.ListJobsRequest(page_token=token))
             jobs += page.jobs
             token = page.next_page_token
-            if not token:
+            if not token or (limit is not None and len(jobs) >= limit):
                 return jobs
 
     def wait(self, job_id: str, connected: bool = False) -> pb.Job:

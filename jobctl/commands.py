@@ -170,7 +170,7 @@ def _finished(job: pb.Job) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(resolve({key: getattr(args, key, None) for key in KEYS}))
+    return Client(resolve({key: getattr(args, key, None) for key in (*KEYS, "context")}))
 
 
 def _copy(chunks) -> None:

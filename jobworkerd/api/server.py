@@ -29,17 +29,22 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha import reflection  # noqa: E402
 
 from .. import sdnotify  # noqa: E402
 from ..config import Config, ConfigError, TLSConfig, load_config  # noqa: E402
 from ..errors import JobWorkerError  # noqa: E402
+from ..gen.jobworker.v1 import jobworker_pb2 as pb  # noqa: E402
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc  # noqa: E402
 from ..worker import JobManager  # noqa: E402
 from .service import JobWorkerService  # noqa: E402
 from .status import ErrorInterceptor  # noqa: E402
 
 log = logging.getLogger("jobworkerd")
-SERVICE_NAME = "jobworker.v1.JobWorker"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JobWorker"].full_name  # jobworker.v1.JobWorker
+# What server reflection lists (grpcurl list): the API, health, and reflection itself. Reflection
+# is behind the same mutual TLS as every other call, and describes only the public proto.
+REFLECTED_SERVICES = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 BLOCKING_CALL_THREADS = 64  # concurrent starts/stops in flight; streaming and waiting use none
 
 
@@ -72,6 +77,7 @@ async def run_server(config: Config, stop: asyncio.Event) -> None:
     pb_grpc.add_JobWorkerServicer_to_server(JobWorkerService(manager, config, executor), server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(REFLECTED_SERVICES, server)
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
     except RuntimeError as exc:

@@ -154,3 +154,15 @@ def test_jobctl_imports_only_stubs_and_units_from_the_daemon_package():
         "jobworkerd.gen.jobworker.v1.jobworker_pb2_grpc",
     }
     assert set(eval(done.stdout)) <= allowed
+
+
+def test_complete_ids_is_hidden_and_silent(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "__complete" not in capsys.readouterr().out
+    assert cli.COMPLETE_IDS not in cli.build_parser()._subparsers._group_actions[0].choices
+    # no settings at all: nothing on stdout or stderr, exit 0
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "jobctl", "__complete-ids", "--addr", "127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

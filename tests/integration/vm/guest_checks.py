@@ -228,6 +228,55 @@ def root_device() -> str:
     return must(["mountpoint", "-d", "/"]).strip()
 
 
+# ---- man pages and completion (registered in main) ------------------------------------------------
+
+COMPLETION = "/usr/share/bash-completion/completions/jobctl"
+
+
+def check_man_pages() -> dict:
+    """man finds the .deb's pages where man-db looks (the image has man-db), and renders them."""
+    if not os.path.exists("/usr/bin/man"):
+        raise AssertionError("man-db is not installed in the guest image (BASE_PKGS in vm-harness.sh)")
+    found = {}
+    for name, section in (("jobctl", "1"), ("jobworkerd", "8")):
+        path = must(["man", "-w", name]).strip()
+        if path != f"/usr/share/man/man{section}/{name}.{section}.gz":
+            raise AssertionError(f"man -w {name} found {path!r}")
+        text = must(f"MANWIDTH=100 man -P cat {section} {name}")
+        wanted = "jobctl context add" if name == "jobctl" else "jobworkerd ca issue"
+        if wanted not in text:
+            raise AssertionError(f"man {section} {name} does not render {wanted!r}: {text[:500]}")
+        found[name] = path
+    return found
+
+
+def check_bash_completion() -> dict:
+    """The completion file is where bash-completion loads it from, and completes commands and, from
+    the running daemon (root's package-made config), job ids."""
+    if not os.path.isfile(COMPLETION):
+        raise AssertionError(f"{COMPLETION} missing after install")
+    job_ids = {j["id"] for j in json.loads(must(["jobctl", "ls", "-o", "json"]))}
+
+    def complete(*words: str) -> set[str]:
+        script = (f"source {COMPLETION}; COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); "
+                  "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); _jobctl jobctl; printf '%s\\n' \"${COMPREPLY[@]}\"")
+        return {line for line in must(["bash", "--norc", "--noprofile", "-c", script]).splitlines() if line}
+
+    commands = complete("jobctl", "")
+    # the ids come from one ListJobs within 2 s; emulation is slow, so a miss is retried twice
+    for attempt in range(3):
+        t0 = time.monotonic()
+        ids = complete("jobctl", "status", "")
+        took = round(time.monotonic() - t0, 1)
+        if ids:
+            break
+    if not {"run", "logs", "status", "ls", "stop", "wait", "context"} <= commands:
+        raise AssertionError(f"jobctl <TAB> offered {sorted(commands)}")
+    if not job_ids or ids != job_ids:
+        raise AssertionError(f"jobctl status <TAB> offered {sorted(ids)}, jobctl ls has {sorted(job_ids)}")
+    return {"commands": sorted(commands), "ids_offered": len(ids), "attempts": attempt + 1, "seconds": took}
+
+
 # ---- the checks ----------------------------------------------------------------------------------
 
 
@@ -316,6 +365,9 @@ def main() -> int:
         if hostile.returncode != 143 or props != {"MainPID": main_before, "ActiveState": "active"} or nice != "0":
             raise AssertionError(f"a root job's kill -TERM 0 or renice -g 0 reached the daemon: {detail}")
         return detail
+
+    check("man-pages", needs=("install",))(check_man_pages)
+    check("bash-completion", needs=("first-job",))(check_bash_completion)
 
     @check("transcript-limited-job", needs=("first-job",))
     def _():

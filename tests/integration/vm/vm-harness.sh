@@ -23,8 +23,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 SELF="$HERE/$(basename "$0")"
 VM_CACHE=${VM_CACHE:-/var/tmp/jobworkerd-vm}
 EXTRA=${EXTRA_PKGS:-}
-# python3 for the guest's test driver; the rest is what the tests' jobs use (dd, ps, mountpoint)
-BASE_PKGS=systemd,systemd-sysv,udev,dbus,kmod,initramfs-tools,zstd,iproute2,procps,util-linux,coreutils,python3,ca-certificates,openssh-server
+# python3 for the guest's test driver; the rest is what the tests' jobs use (dd, ps, mountpoint),
+# and man-db for the checks that the .deb's man pages are found (man -w)
+BASE_PKGS=systemd,systemd-sysv,udev,dbus,kmod,initramfs-tools,zstd,iproute2,procps,util-linux,coreutils,python3,ca-certificates,openssh-server,man-db
 KEY=$( { cat "$SELF"; echo "$EXTRA"; } | sha256sum | cut -c1-12)
 IMG=$VM_CACHE/img-$KEY
 
@@ -60,6 +61,7 @@ build() {
   printf 'Acquire::Retries "0";\nAPT::Periodic::Enable "0";\n' > "$R/etc/apt/apt.conf.d/99ci"
   # a throwaway disk: dpkg need not fsync every file it unpacks (as in Debian's container images)
   echo force-unsafe-io > "$R/etc/dpkg/dpkg.cfg.d/ci-unsafe-io"
+  rm -f "$R/var/lib/man-db/auto-update"   # no mandb run on each install (man -w needs no index)
   printf '[Unit]\nAfter=multi-user.target\n[Service]\nType=exec\nExecStart=/usr/local/sbin/ci-runner\nStandardOutput=journal+console\n[Install]\nWantedBy=multi-user.target\n' \
     > "$R/etc/systemd/system/ci-runner.service"
   cat > "$R/usr/local/sbin/ci-runner" <<'EOF'
