@@ -251,6 +251,12 @@ class BenchDaemon(Daemon):
     (like /run), a throwaway work directory, PR_SET_PDEATHSIG, and optional experiment patches.
     Use through `daemon()`."""
 
+    # In the benchmark's session: with a session of its own, the kernel's autogroup scheduling
+    # (sched_autogroup_enabled=1 here) gives the daemon one session's share of the 2 cores against the
+    # benchmark's client processes on the same machine (100 followers: p99 ~400 ms instead of ~9 ms).
+    # Under systemd the clients are elsewhere and the jobs are in cgroups, where autogroups do not apply.
+    new_session = False
+
     def __init__(self, config: dict | None = None, patch: str = ""):
         self.patch = patch  # Python run in the daemon before it serves: experiments only, never the figures
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None

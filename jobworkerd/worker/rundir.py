@@ -47,6 +47,9 @@ class RunDir:
         self.budget = budget  # tmpfs size: bytes, or "N%" of RAM
 
     def open(self) -> None:
+        if os.path.ismount(self.path):  # /run, /tmp, /: made root-only below, the host would break
+            raise InternalError(f"run_dir {self.path} is a mount point of the host; give jobworkerd a directory "
+                                f"of its own there, e.g. {os.path.join(self.path, 'jobworkerd')}")
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         os.chmod(self.path, 0o700)  # older versions (and the unit's RuntimeDirectoryMode) made it 0755
         os.makedirs(self.jobs_dir, mode=0o700, exist_ok=True)

@@ -28,6 +28,9 @@ def run_ca(*args: str) -> None:
 
 
 class Daemon:
+    # A session of its own, as under systemd: a job that escaped its own session must not reach the tests.
+    new_session = True
+
     def __init__(self, workdir: Path, config: dict | None = None, run_dir: Path | None = None,
                  subtree_prefix: str = "jobworkerd-it"):
         self.dir = workdir
@@ -64,9 +67,8 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> "Daemon":
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
-            # A session of its own, as under systemd: a job that escaped its own session must not reach the tests.
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd="/",
-                                         start_new_session=True)
+                                         start_new_session=self.new_session)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log.read_bytes()[offset:].decode(errors="replace")

@@ -277,3 +277,11 @@ def test_filling_the_output_budget_refuses_starts_caps_running_jobs_and_spares_t
         assert not marked_processes("flood")
     finally:
         d.stop()
+
+
+def test_a_run_directory_that_is_a_mount_point_of_the_host_is_refused(daemon_factory, host_run):
+    # The run directory is made root-only (0700): /run itself, /tmp or / would break the host.
+    d = daemon_factory({"run_dir": str(host_run)})
+    with pytest.raises(RuntimeError, match="is a mount point of the host; give jobworkerd a directory of its own"):
+        d.start()
+    assert stat.S_IMODE(os.stat(host_run).st_mode) == 0o755
