@@ -64,6 +64,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._pending: list[_Running] = []
+        self._listeners: list[Callable[[JobRecord], None]] = []
         self._wake_r, self._wake_w = os.pipe()
         self._closing = False
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
@@ -117,6 +118,21 @@ class JobManager:
 
     # -- public API ------------------------------------------------------------------------------------------
 
+    def add_listener(self, callback: Callable[[JobRecord], None]) -> Callable[[], None]:
+        """Call `callback(record)` on every change of a job's state: created (STARTING), RUNNING, STOPPING and
+        FINISHED, in the thread that made the change and, for one job, in that order; sometimes while the
+        manager's lock is held, so it must neither block nor call back into the manager (hand the record to
+        another thread or loop). Returns the function that removes it."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return remove
+
     def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None) -> JobRecord:
         """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not."""
         if self._closing:
@@ -139,11 +155,12 @@ class JobManager:
         except Exception:
             os.close(output_fd)
             raise
+        self._changed(record)
         try:
             self.backend.create(job_id, resolved.limits, resolved.io_target)
         except Exception as exc:
             os.close(output_fd)
-            self.store.put(self._failed(record, f"cannot create the job's cgroup: {exc}"))
+            self._store_and_announce(self._failed(record, f"cannot create the job's cgroup: {exc}"))
             raise
         try:
             plan = LaunchPlan(self.backend.join_files(job_id), exit_file, self.config.limits.output_cap,
@@ -152,7 +169,7 @@ class JobManager:
         except Exception as exc:
             self.backend.kill(job_id)
             self.backend.remove(job_id)
-            self.store.put(self._failed(record, str(exc)))
+            self._store_and_announce(self._failed(record, str(exc)))
             if isinstance(exc, StartFailed):
                 raise
             raise InternalError(f"job {job_id}: {exc}") from exc
@@ -164,8 +181,8 @@ class JobManager:
             self._running[job_id] = running
             self._pending.append(running)
             # Stored under the lock: the monitor thread takes the lock before recording the job's end,
-            # so the RUNNING record can never overwrite a FINISHED one.
-            self.store.put(record)
+            # so the RUNNING record can never overwrite a FINISHED one (nor its event follow the end's).
+            self._store_and_announce(record)
         os.write(self._wake_w, b"x")
         log.info("job %s started for %r as %s: %s (limits %s)", job_id, owner, resolved.user, resolved.program, resolved.limits)
         return record
@@ -244,7 +261,7 @@ class JobManager:
             with self._lock:
                 if not running.finished.is_set():
                     running.record = running.record.evolve(state=JobState.STOPPING)
-                    self.store.put(running.record)
+                    self._store_and_announce(running.record)
         self.backend.signal(job_id, signal.SIGTERM)
         if not running.finished.wait(grace):
             self.backend.kill(job_id)
@@ -323,6 +340,7 @@ class JobManager:
                 self.store.put(running.record)
             except Exception:  # e.g. state directory full: waiters and followers must still see the end
                 log.exception("job %s: its end could not be stored (the next start reconciles it)", job_id)
+            self._changed(running.record)
             running.finished.set()
             del self._running[job_id]
         log.info("job %s finished: %s (exit %s, signal %s) %s", job_id, reason.value, exit_code, sig, message)
@@ -381,6 +399,17 @@ class JobManager:
                     "the job was killed, its output kept up to that point")
         return (f"output reached the cap of {self.config.limits.output_cap} bytes; job killed, output kept up "
                 "to the cap")
+
+    def _store_and_announce(self, record: JobRecord) -> None:
+        self.store.put(record)
+        self._changed(record)
+
+    def _changed(self, record: JobRecord) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(record)
+            except Exception:  # a listener's bug must not cost the job its supervision
+                log.exception("job %s: a state listener failed", record.id)
 
     def _failed(self, record: JobRecord, message: str) -> JobRecord:
         return record.evolve(

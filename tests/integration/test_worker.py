@@ -854,3 +854,23 @@ def test_reconcile_kills_an_unrecorded_job_cgroup(make_manager, tmp_path):
     assert not job_cgroup("pids", record.id).exists()
     with pytest.raises(NotFound):
         m.status(record.id)
+
+
+# -- state listeners ---------------------------------------------------------------------------------------------
+
+
+def test_listeners_see_each_state_change_in_order(manager):
+    seen: list[tuple[str, str, str]] = []
+    remove = manager.add_listener(lambda r: seen.append((r.id, r.state.value, r.reason.value)))
+    stopped = manager.start(JobSpec("/bin/sleep", (unique_seconds(),)))
+    manager.stop(stopped.id, GRACE)
+    with pytest.raises(StartFailed):
+        manager.start(JobSpec("/etc/passwd"))
+    failed = seen[-1][0]
+    remove()
+    manager.wait(sh(manager, "true").id)
+    assert seen == [
+        (stopped.id, "starting", ""), (stopped.id, "running", ""), (stopped.id, "stopping", ""),
+        (stopped.id, "finished", "stopped"),
+        (failed, "starting", ""), (failed, "finished", "failed-to-start"),
+    ]
