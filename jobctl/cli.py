@@ -215,6 +215,20 @@ def build_parser() -> Parser:
     wait.add_argument("job_id", metavar="ID")
     wait.set_defaults(handler="wait")
 
+    events = command("events", "follow job state changes (created, running, stopping, finished) as they happen")
+    events.add_argument("--since", metavar="REVISION", type=_positive_int("--since", "1764624000000001"),
+                        help="first print the kept events after this revision (the first column of a line)")
+    events.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                        help="output format: a line per event, or one JSON object per line")
+    events.set_defaults(handler="events")
+
+    stats = command("stats", "a live table of running jobs' CPU, memory, io, pids and output (like docker stats)")
+    stats.add_argument("--no-stream", action="store_true", help="print the table once and exit")
+    stats.add_argument("--interval", metavar="SECONDS", type=_duration("--interval"), default=2.0,
+                       help="time between refreshes (default 2s); also what CPU %% is measured over")
+    stats.add_argument("job_ids", metavar="ID", nargs="*", help="only these jobs (default: every running job)")
+    stats.set_defaults(handler="stats")
+
     add_context_parser(sub)
     return parser
 

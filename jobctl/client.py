@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 # grpc's C core logs handshake failures to stderr itself; jobctl reports them in one line instead.
 # Set before grpc is imported; GRPC_VERBOSITY=DEBUG in the environment still turns them on.
@@ -91,6 +91,39 @@ class Client:
             token = page.next_page_token
             if not token or (limit is not None and len(jobs) >= limit):
                 return jobs
+
+    def running(self, job_ids: Sequence[str] = ()) -> list[pb.Job]:
+        """The running jobs the caller may see (or those of job_ids, running or not), usage read now: one
+        ListJobs call for up to 1000 jobs."""
+        request = pb.ListJobsRequest(running_only=not job_ids, job_ids=job_ids, page_size=1000)
+        jobs: list[pb.Job] = []
+        while True:
+            page = self._call(self._stub.ListJobs, request)
+            jobs += page.jobs
+            if not page.next_page_token:
+                return jobs
+            request.page_token = page.next_page_token
+
+    def events(self, after_revision: int = 0) -> Iterator[pb.JobEvent]:
+        """Job events as they happen, after `after_revision` if given. A stream broken by UNAVAILABLE
+        (daemon restart) is resumed from the last revision received; the daemon says OUT_OF_RANGE if its
+        history no longer reaches back that far."""
+        attempt, connected = 0, False
+        while True:
+            call = self._stub.WatchJobs(pb.WatchJobsRequest(after_revision=after_revision))
+            try:
+                for event in call:
+                    connected, attempt = True, 0
+                    after_revision = event.revision
+                    yield event
+                return
+            except grpc.RpcError as err:
+                if not (_may_retry(err, connected) and attempt < len(RECONNECT_DELAYS)):
+                    raise self.error(err) from None
+            finally:
+                call.cancel()
+            time.sleep(RECONNECT_DELAYS[attempt])
+            attempt += 1
 
     def wait(self, job_id: str, connected: bool = False) -> pb.Job:
         """WaitJob; reconnects if the daemon goes away while waiting (it may take a long time)."""

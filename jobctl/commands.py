@@ -73,6 +73,37 @@ def wait(args: argparse.Namespace) -> int:
     return _finished(job)
 
 
+def events(args: argparse.Namespace) -> int:
+    """Follows until interrupted (Ctrl-C: exit 130) or until the daemon ends the stream with an error."""
+    import json
+
+    with _client(args) as client:
+        for event in client.events(args.since or 0):
+            if args.output == "json":
+                _print(json.dumps(render.to_json_obj(event)))
+            else:
+                _print(render.event_line(event))
+    return 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    """A table per refresh, one ListJobs call each. --no-stream samples twice (CPU % needs an interval)."""
+    import time
+
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not args.no_stream else ""
+    before: dict[str, tuple[float, float]] = {}
+    with _client(args) as client:
+        while True:
+            jobs = client.running(args.job_ids)
+            at = time.monotonic()
+            if before or not args.no_stream:
+                _print(clear + render.stats_table(jobs, before, at) + ("" if clear or args.no_stream else "\n"))
+                if args.no_stream:
+                    return 0
+            before = {job.id: (job.usage.cpu_seconds, at) for job in jobs}
+            time.sleep(min(args.interval, 1.0) if args.no_stream else args.interval)
+
+
 def start_request(args: argparse.Namespace) -> pb.StartJobRequest:
     """The StartJobRequest for `jobctl run`: limits only where given, so defaults stay the daemon's."""
     command = pb.Command(

@@ -198,6 +198,48 @@ def _age(moment: datetime.datetime | None, now: datetime.datetime) -> str:
     return f"{seconds}s"
 
 
+# ---- events --------------------------------------------------------------------------------------
+
+
+def event_line(event: Any) -> str:
+    """REVISION TIME TYPE ID NAME OWNER [how it ended]: one line per event of `jobctl events`."""
+    job = event.job
+    moment = _timestamp(event.time)
+    ended = f" {enum_name(job, 'reason')} ({_how_it_ended(job)})" if enum_name(event, "type") == "finished" else ""
+    return (f"{event.revision} {_rfc3339(moment) or '-'} {enum_name(event, 'type')} {job.id} "
+            f"{printable(job.name) or '-'} {printable(job.owner) or '-'}{ended}")
+
+
+# ---- stats --------------------------------------------------------------------------------------
+
+STATS_COLUMNS = ("ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "IO READ / WRITE", "PIDS", "OUTPUT")
+
+
+def stats_table(now: Iterable[Any], before: dict[str, tuple[float, float]], at: float) -> str:
+    """The jobs (usage read at `at`) as docker stats shows containers. CPU % is over the time since
+    `before` {id: (cpu_seconds, sampled at)}, 100% per core; '-' for a job first seen now."""
+    rows = [STATS_COLUMNS]
+    for job in now:
+        usage, limit = job.usage, job.limits.memory_bytes if job.limits.HasField("memory_bytes") else 0
+        cpu = "-"
+        if job.id in before and at > before[job.id][1]:
+            cpu = f"{100 * max(0.0, usage.cpu_seconds - before[job.id][0]) / (at - before[job.id][1]):.2f}%"
+        rows.append((
+            job.id, printable(job.name) or "-", cpu,
+            f"{human_size(usage.memory_bytes)} / {human_size(limit) if limit else '-'}",
+            f"{100 * usage.memory_bytes / limit:.2f}%" if limit else "-",
+            f"{human_size(usage.io_read_bytes)} / {human_size(usage.io_write_bytes)}",
+            str(usage.pids), human_size(usage.output_bytes),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(STATS_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def printable(text: str) -> str:
+    """Control characters (a terminal's escape sequences among them) shown as escapes, not sent raw."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 # ---- JSON ----------------------------------------------------------------------------------------
 
 

@@ -158,6 +158,13 @@ class RunAsConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    history: int = 10000  # job state changes kept for WatchJobs clients that resume from a revision
+
+    _convert = {"history": _positive_int}
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:7443"
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -171,6 +178,7 @@ class Config:
     # Output of a finished job is deleted this long after its last write (0: kept until reboot).
     # Records stay; only the output goes.
     output_retention: float = 7 * 86400.0
+    events: EventsConfig = field(default_factory=EventsConfig)
 
     _convert = {
         "listen": _str,
@@ -183,6 +191,7 @@ class Config:
         "stop_grace": _stop_grace,
         "max_message_bytes": _size,
         "output_retention": _duration,
+        "events": lambda v, k: _section(EventsConfig, v, k),
     }
 
 

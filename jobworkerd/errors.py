@@ -6,7 +6,8 @@
     ├── PermissionDenied             the caller may not do this (e.g. run as root)
     ├── FailedPrecondition           valid request, wrong state of the world
     │   └── StartFailed              the launcher could not start the program (exec errno)
-    ├── ResourceExhausted            over a configured maximum, or the run directory is full
+    ├── ResourceExhausted            over a configured maximum, or the output budget is full
+    ├── OutOfRange                   a position past what is kept (an event revision too old)
     ├── Unauthenticated              no usable client identity
     └── InternalError                a bug or an unexpected OS failure
 
@@ -54,6 +55,10 @@ class ResourceExhausted(JobWorkerError):
     pass
 
 
+class OutOfRange(JobWorkerError):
+    pass
+
+
 class Unauthenticated(JobWorkerError):
     pass
 
@@ -69,6 +74,7 @@ ALL_ERRORS: tuple[type[JobWorkerError], ...] = (
     FailedPrecondition,
     StartFailed,
     ResourceExhausted,
+    OutOfRange,
     Unauthenticated,
     InternalError,
 )

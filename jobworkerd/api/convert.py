@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..errors import InvalidArgument
+from ..worker.events import JobEvent
 from ..worker.models import JobRecord, JobSpec, JobState, Limits, Reason
 
 STATES = {
@@ -96,6 +97,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
             io_write_bytes=record.usage.io_write_bytes,
             oom_kills=record.usage.oom_kills,
             output_bytes=record.usage.output_bytes,
+            memory_bytes=record.usage.memory_bytes,
+            pids=record.usage.pids,
         ),
         run_as=spec.user,
     )
@@ -137,3 +140,16 @@ def page_after(token: str) -> tuple[float, str] | None:
     if not math.isfinite(created_at) or len(job_id) != 12:
         raise InvalidArgument("page_token is not one this server handed out; start again with an empty token")
     return created_at, job_id
+
+
+EVENT_TYPES = {
+    "created": pb.JOB_EVENT_TYPE_CREATED,
+    "running": pb.JOB_EVENT_TYPE_RUNNING,
+    "stopping": pb.JOB_EVENT_TYPE_STOPPING,
+    "finished": pb.JOB_EVENT_TYPE_FINISHED,
+}
+
+
+def event_to_proto(event: JobEvent) -> pb.JobEvent:
+    return pb.JobEvent(revision=event.revision, type=EVENT_TYPES[event.kind], time=_timestamp(event.time),
+                       job=job_to_proto(event.record))

@@ -19,12 +19,15 @@ from ..authz import Identity, check_access, check_run_as_group, identity_from_au
 from ..config import Config
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from ..errors import ResourceExhausted
 from ..worker import JobManager, JobRecord
+from ..worker.events import JobEvent
 from ..worker.output import aread_output
-from .convert import job_to_proto, page_after, page_size, page_token, spec_from_request
+from .convert import event_to_proto, job_to_proto, page_after, page_size, page_token, spec_from_request
 
 T = TypeVar("T")
 log = logging.getLogger("jobworkerd.api")
+WATCH_BACKLOG = 10000  # events queued for one WatchJobs client before it is told it fell behind
 
 
 class JobWorkerService(pb_grpc.JobWorkerServicer):
@@ -66,7 +69,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
         owner = list_owner(self._identity(context))
         size = page_size(request.page_size)
-        records = await self._run(self.manager.list, owner, page_after(request.page_token), size + 1)
+        records = await self._run(self.manager.list, owner, page_after(request.page_token), size + 1,
+                                  request.running_only, tuple(request.job_ids))
         page, more = records[:size], len(records) > size
         return pb.ListJobsResponse(
             jobs=[job_to_proto(r) for r in page], next_page_token=page_token(page[-1]) if more else ""
@@ -91,6 +95,41 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         if self.manager.when_finished(request.job_id, finished):
             await done
         return job_to_proto(await self._run(self.manager.status, request.job_id))
+
+    async def WatchJobs(self, request: pb.WatchJobsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
+        owner = list_owner(self._identity(context))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+        behind = False
+
+        def take(event: JobEvent) -> None:  # on the loop; the thread that changed the job only hands over
+            nonlocal behind
+            if queue.qsize() >= WATCH_BACKLOG and not behind:
+                behind = True
+                queue.put_nowait(None)  # the client cannot keep up: end its stream at this point
+            elif not behind:
+                queue.put_nowait(event)
+
+        token = self.manager.events.subscribe(lambda event: loop.call_soon_threadsafe(take, event))
+        try:
+            last = request.after_revision or self.manager.events.last_revision
+            for event in self.manager.events.after(last) if request.after_revision else ():
+                if owner is None or event.record.owner == owner:
+                    yield event_to_proto(event)
+                last = event.revision
+            while True:
+                event = await queue.get()
+                if event is None:
+                    raise ResourceExhausted(
+                        f"this client fell more than {WATCH_BACKLOG} events behind; watch again with "
+                        f"after_revision={last} to resume")
+                if event.revision <= last:
+                    continue  # already sent from the history
+                last = event.revision
+                if owner is None or event.record.owner == owner:
+                    yield event_to_proto(event)
+        finally:
+            self.manager.events.unsubscribe(token)
 
 
 def _log_orphaned_failure(task: "asyncio.Future[Any]") -> None:

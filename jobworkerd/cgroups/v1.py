@@ -133,6 +133,8 @@ class V1Backend(CgroupBackend):
     def usage(self, job_id: str) -> Usage:
         cpu_ns = int(read_file(self._file("cpuacct", job_id, "cpuacct.usage"), "0") or 0)
         peak = int(read_file(self._file("memory", job_id, "memory.max_usage_in_bytes"), "0") or 0)
+        memory = int(read_file(self._file("memory", job_id, "memory.usage_in_bytes"), "0") or 0)
+        pids = int(read_file(self._file("pids", job_id, "pids.current"), "0") or 0)
         oom = read_keyed(self._file("memory", job_id, "memory.oom_control")).get("oom_kill", 0)
         read_bytes = write_bytes = 0
         if "blkio" in self.controllers:
@@ -148,6 +150,8 @@ class V1Backend(CgroupBackend):
             io_read_bytes=read_bytes,
             io_write_bytes=write_bytes,
             oom_kills=oom,
+            memory_bytes=memory,
+            pids=pids,
         )
 
     def remove(self, job_id: str) -> None:

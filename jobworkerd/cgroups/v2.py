@@ -141,6 +141,8 @@ class V2Backend(CgroupBackend):
         cpu = read_keyed(self._file(job_id, "cpu.stat"))
         events = read_keyed(self._file(job_id, "memory.events"))
         peak = read_file(self._file(job_id, "memory.peak"), "").strip()
+        memory = read_file(self._file(job_id, "memory.current"), "").strip()
+        pids = read_file(self._file(job_id, "pids.current"), "").strip()
         read_bytes = write_bytes = 0
         for line in read_file(self._file(job_id, "io.stat"), "").splitlines():
             for field in line.split()[1:]:
@@ -155,6 +157,8 @@ class V2Backend(CgroupBackend):
             io_read_bytes=read_bytes,
             io_write_bytes=write_bytes,
             oom_kills=events.get("oom_kill", 0),
+            memory_bytes=int(memory) if memory.isdigit() else 0,
+            pids=int(pids) if pids.isdigit() else 0,
         )
 
     def remove(self, job_id: str) -> None:

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +27,7 @@ from ..cgroups import CgroupBackend, detect
 from ..config import Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
 from .models import JobRecord, JobSpec, JobState, Reason
+from .events import EventLog
 from .output import OutputHub, OutputSource
 from .process import ForkServer, ForkServerUnavailable, LaunchPlan, launch
 from .rundir import RunDir
@@ -36,6 +37,7 @@ from .store import JobStore
 log = logging.getLogger("jobworkerd.jobs")
 
 MAX_GRACE = 3600.0
+MAX_LISTED_IDS = 1000
 KILL_SETTLE = 5.0  # after SIGKILL, how long the init may take to be reported gone
 MONITOR_COALESCE = 0.002  # at most one inotify dispatch per 2 ms, however fast jobs write
 SWEEP_INTERVAL = 60.0  # how often finished jobs' output is checked against output_retention
@@ -65,6 +67,8 @@ class JobManager:
         self._selector = selectors.DefaultSelector()
         self._pending: list[_Running] = []
         self._listeners: list[Callable[[JobRecord], None]] = []
+        self.events = EventLog(config.events.history)
+        self._listeners.append(self.events.record)
         self._wake_r, self._wake_w = os.pipe()
         self._closing = False
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
@@ -208,12 +212,31 @@ class JobManager:
         return record
 
     def list(
-        self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None
+        self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None,
+        running_only: bool = False, job_ids: Sequence[str] = (),
     ) -> list[JobRecord]:
-        """Jobs oldest first (of one owner, or all); a page of `limit` after (created_at, id) if given."""
-        records = self.store.list(owner, after, limit)
+        """Jobs oldest first (of one owner, or all); a page of `limit` after (created_at, id) if given. Only
+        those not finished yet with `running_only`, only those named with `job_ids` (unknown ids and others'
+        jobs are left out). Running jobs come with their usage read now."""
+        if len(job_ids) > MAX_LISTED_IDS:
+            raise InvalidArgument(f"at most {MAX_LISTED_IDS} job ids per listing, got {len(job_ids)}")
+        for job_id in job_ids:
+            check_job_id(job_id)
         with self._lock:
             running = dict(self._running)
+        if not running_only and not job_ids:
+            records = self.store.list(owner, after, limit)
+            return [self._live(running[r.id]) if r.id in running else r for r in records]
+        if job_ids:
+            found = [running[i].record if i in running else self.store.get(i) for i in dict.fromkeys(job_ids)]
+            records = [r for r in found if r is not None]
+        else:
+            records = [r.record for r in running.values()]
+        records = sorted((r for r in records if (owner is None or r.owner == owner)
+                          and not (running_only and r.finished)), key=lambda r: (r.created_at, r.id))
+        if after is not None:
+            records = [r for r in records if (r.created_at, r.id) > after]
+        records = records[:limit] if limit is not None else records
         return [self._live(running[r.id]) if r.id in running else r for r in records]
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
@@ -318,7 +341,7 @@ class JobManager:
         except Exception as exc:  # keep the record truthful even if the cgroup misbehaves
             usage, error = running.record.usage, f"; cgroup clean-up failed: {exc}"
         exit_code, sig, verdict = read_exit_file(running.exit_file)
-        usage = replace(usage, output_bytes=_size(running.output_path))
+        usage = replace(usage, output_bytes=_size(running.output_path), memory_bytes=0, pids=0)
         if exit_code is None and sig is None:
             sig = signal.SIGKILL  # no exit file: the init itself was killed
         reason, message = running.end_reason, running.end_message
@@ -446,7 +469,7 @@ class JobManager:
                     exit_code=exit_code,
                     signal=sig,
                     finished_at=time.time(),
-                    usage=replace(usage or record.usage, output_bytes=output_bytes),
+                    usage=replace(usage or record.usage, output_bytes=output_bytes, memory_bytes=0, pids=0),
                 )
             )
 

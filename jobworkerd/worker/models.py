@@ -70,6 +70,8 @@ class Usage:
     io_write_bytes: int = 0
     oom_kills: int = 0
     output_bytes: int = 0
+    memory_bytes: int = 0  # now, while the job runs (0 once it has finished)
+    pids: int = 0  # now, while the job runs (0 once it has finished)
 
 
 @dataclass(frozen=True)

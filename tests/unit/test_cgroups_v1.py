@@ -260,13 +260,16 @@ def test_usage_is_parsed_from_the_v1_files(tree):
     backend.create(JOB, Limits(), None)
     (job_dir(tree, "cpuacct") / "cpuacct.usage").write_text("1500000000\n")
     (job_dir(tree, "memory") / "memory.max_usage_in_bytes").write_text("67108864\n")
+    (job_dir(tree, "memory") / "memory.usage_in_bytes").write_text("33554432\n")
+    (job_dir(tree, "pids") / "pids.current").write_text("7\n")
     (job_dir(tree, "memory") / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
     (job_dir(tree, "blkio") / "blkio.throttle.io_service_bytes").write_text(
         "8:0 Read 4096\n8:0 Write 6291456\n8:0 Sync 6291456\n8:0 Async 4096\n8:0 Discard 0\n8:0 Total 6295552\n"
         "254:0 Read 1000\n254:0 Write 24\n254:0 Total 1024\nTotal 6296576\n"
     )
     assert backend.usage(JOB) == Usage(
-        cpu_seconds=1.5, memory_peak_bytes=64 << 20, io_read_bytes=5096, io_write_bytes=6291480, oom_kills=2
+        cpu_seconds=1.5, memory_peak_bytes=64 << 20, io_read_bytes=5096, io_write_bytes=6291480, oom_kills=2,
+        memory_bytes=32 << 20, pids=7,
     )
 
 

@@ -295,13 +295,16 @@ def test_usage_is_parsed_from_the_v2_files(tmp_path, own):
         "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 30\nnr_throttled 25\nthrottled_usec 1\n"
     )
     (d / "memory.peak").write_text("67108864\n")
+    (d / "memory.current").write_text("33554432\n")
+    (d / "pids.current").write_text("7\n")
     (d / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n")
     (d / "io.stat").write_text(
         "8:0 rbytes=1024 wbytes=6291456 rios=1 wios=6 dbytes=0 dios=0\n"
         "253:0 rbytes=10 wbytes=20 rios=1 wios=1 dbytes=0 dios=0\n"
     )
     assert backend.usage(JOB) == Usage(
-        cpu_seconds=2.5, memory_peak_bytes=64 << 20, io_read_bytes=1034, io_write_bytes=6291476, oom_kills=1
+        cpu_seconds=2.5, memory_peak_bytes=64 << 20, io_read_bytes=1034, io_write_bytes=6291476, oom_kills=1,
+        memory_bytes=32 << 20, pids=7,
     )
 
 

@@ -57,7 +57,8 @@ def complete(env: dict, *words: str, cwd: str | None = None) -> list[str]:
 
 
 def test_commands(env):
-    assert complete(env, "jobctl", "") == sorted(["run", "logs", "status", "ls", "stop", "wait", "context"])
+    assert complete(env, "jobctl", "") == sorted(["run", "logs", "status", "ls", "stop", "wait", "events", "stats",
+                                                  "context"])
     assert complete(env, "jobctl", "l") == ["logs", "ls"]
     assert complete(env, "jobctl", "context", "") == ["add", "ls", "rm", "use"]
     assert complete(env, "jobctl", "context", "u") == ["use"]
@@ -65,7 +66,7 @@ def test_commands(env):
 
 def test_commands_after_connection_options(env):
     # bash splits --addr=h:1 into --addr = h : 1
-    assert complete(env, "jobctl", "--addr", "h", ":", "1", "st") == ["status", "stop"]
+    assert complete(env, "jobctl", "--addr", "h", ":", "1", "st") == ["stats", "status", "stop"]
     assert complete(env, "jobctl", "--addr", "=", "h", ":", "1", "--ca", "x.crt", "w") == ["wait"]
     assert complete(env, "jobctl", "--context", "prod", "l") == ["logs", "ls"]
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+jobworkerd/gen/jobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x07\x43ommand\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x03(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x11\n\tdirectory\x18\x05 \x01(\t\x12+\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1e.jobworker.v1.Command.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\x04pids\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x11\n\tio_device\x18\x04 \x01(\t\x12\x18\n\x0bio_read_bps\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x19\n\x0cio_read_iops\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x1a\n\rio_write_iops\x18\x08 \x01(\x04H\x06\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x07\n\x05_pidsB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x0f\n\r_io_read_iopsB\x10\n\x0e_io_write_iops\"m\n\x0fStartJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.jobworker.v1.Command\x12$\n\x06limits\x18\x03 \x01(\x0b\x32\x14.jobworker.v1.Limits\"N\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.jobworker.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tno_follow\x18\x03 \x01(\x08\"+\n\x0bOutputChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\" \n\x0eWaitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8f\x01\n\x05Usage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x19\n\x11memory_peak_bytes\x18\x02 \x01(\x04\x12\x15\n\rio_read_bytes\x18\x03 \x01(\x04\x12\x16\n\x0eio_write_bytes\x18\x04 \x01(\x04\x12\x11\n\toom_kills\x18\x05 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x04\"\xf0\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12/\n\x06reason\x18\x07 \x01(\x0e\x32\x1f.jobworker.v1.TerminationReason\x12\x0f\n\x07message\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x63ommand\x18\x0c \x01(\x0b\x32\x15.jobworker.v1.Command\x12$\n\x06limits\x18\r \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\"\n\x05usage\x18\x0e \x01(\x0b\x32\x13.jobworker.v1.Usage\x12\x0e\n\x06run_as\x18\x0f \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATE_STARTING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x16\n\x12JOB_STATE_STOPPING\x10\x03\x12\x16\n\x12JOB_STATE_FINISHED\x10\x04*\x84\x02\n\x11TerminationReason\x12\"\n\x1eTERMINATION_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TERMINATION_REASON_EXITED\x10\x01\x12\x1e\n\x1aTERMINATION_REASON_STOPPED\x10\x02\x12!\n\x1dTERMINATION_REASON_OOM_KILLED\x10\x03\x12$\n TERMINATION_REASON_OUTPUT_CAPPED\x10\x04\x12&\n\"TERMINATION_REASON_FAILED_TO_START\x10\x05\x12\x1b\n\x17TERMINATION_REASON_LOST\x10\x06\x32\x96\x03\n\tJobWorker\x12<\n\x08StartJob\x12\x1d.jobworker.v1.StartJobRequest\x1a\x11.jobworker.v1.Job\x12:\n\x07StopJob\x12\x1c.jobworker.v1.StopJobRequest\x1a\x11.jobworker.v1.Job\x12\x38\n\x06GetJob\x12\x1b.jobworker.v1.GetJobRequest\x1a\x11.jobworker.v1.Job\x12I\n\x08ListJobs\x12\x1d.jobworker.v1.ListJobsRequest\x1a\x1e.jobworker.v1.ListJobsResponse\x12N\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\x19.jobworker.v1.OutputChunk0\x01\x12:\n\x07WaitJob\x12\x1c.jobworker.v1.WaitJobRequest\x1a\x11.jobworker.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+jobworkerd/gen/jobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x07\x43ommand\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x03(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x11\n\tdirectory\x18\x05 \x01(\t\x12+\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1e.jobworker.v1.Command.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\x04pids\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x11\n\tio_device\x18\x04 \x01(\t\x12\x18\n\x0bio_read_bps\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x19\n\x0cio_read_iops\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x1a\n\rio_write_iops\x18\x08 \x01(\x04H\x06\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x07\n\x05_pidsB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x0f\n\r_io_read_iopsB\x10\n\x0e_io_write_iops\"m\n\x0fStartJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.jobworker.v1.Command\x12$\n\x06limits\x18\x03 \x01(\x0b\x32\x14.jobworker.v1.Limits\"N\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0crunning_only\x18\x03 \x01(\x08\x12\x0f\n\x07job_ids\x18\x04 \x03(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.jobworker.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tno_follow\x18\x03 \x01(\x08\"+\n\x0bOutputChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\" \n\x0eWaitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb3\x01\n\x05Usage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x19\n\x11memory_peak_bytes\x18\x02 \x01(\x04\x12\x15\n\rio_read_bytes\x18\x03 \x01(\x04\x12\x16\n\x0eio_write_bytes\x18\x04 \x01(\x04\x12\x11\n\toom_kills\x18\x05 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x0c\n\x04pids\x18\x08 \x01(\x04\"\xf0\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12/\n\x06reason\x18\x07 \x01(\x0e\x32\x1f.jobworker.v1.TerminationReason\x12\x0f\n\x07message\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x63ommand\x18\x0c \x01(\x0b\x32\x15.jobworker.v1.Command\x12$\n\x06limits\x18\r \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\"\n\x05usage\x18\x0e \x01(\x0b\x32\x13.jobworker.v1.Usage\x12\x0e\n\x06run_as\x18\x0f \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"*\n\x10WatchJobsRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x04\"\x90\x01\n\x08JobEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12(\n\x04type\x18\x02 \x01(\x0e\x32\x1a.jobworker.v1.JobEventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x03job\x18\x04 \x01(\x0b\x32\x11.jobworker.v1.Job*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATE_STARTING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x16\n\x12JOB_STATE_STOPPING\x10\x03\x12\x16\n\x12JOB_STATE_FINISHED\x10\x04*\x84\x02\n\x11TerminationReason\x12\"\n\x1eTERMINATION_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TERMINATION_REASON_EXITED\x10\x01\x12\x1e\n\x1aTERMINATION_REASON_STOPPED\x10\x02\x12!\n\x1dTERMINATION_REASON_OOM_KILLED\x10\x03\x12$\n TERMINATION_REASON_OUTPUT_CAPPED\x10\x04\x12&\n\"TERMINATION_REASON_FAILED_TO_START\x10\x05\x12\x1b\n\x17TERMINATION_REASON_LOST\x10\x06*\xa0\x01\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_EVENT_TYPE_CREATED\x10\x01\x12\x1a\n\x16JOB_EVENT_TYPE_RUNNING\x10\x02\x12\x1b\n\x17JOB_EVENT_TYPE_STOPPING\x10\x03\x12\x1b\n\x17JOB_EVENT_TYPE_FINISHED\x10\x04\x32\xdd\x03\n\tJobWorker\x12<\n\x08StartJob\x12\x1d.jobworker.v1.StartJobRequest\x1a\x11.jobworker.v1.Job\x12:\n\x07StopJob\x12\x1c.jobworker.v1.StopJobRequest\x1a\x11.jobworker.v1.Job\x12\x38\n\x06GetJob\x12\x1b.jobworker.v1.GetJobRequest\x1a\x11.jobworker.v1.Job\x12I\n\x08ListJobs\x12\x1d.jobworker.v1.ListJobsRequest\x1a\x1e.jobworker.v1.ListJobsResponse\x12N\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\x19.jobworker.v1.OutputChunk0\x01\x12:\n\x07WaitJob\x12\x1c.jobworker.v1.WaitJobRequest\x1a\x11.jobworker.v1.Job\x12\x45\n\tWatchJobs\x12\x1e.jobworker.v1.WatchJobsRequest\x1a\x16.jobworker.v1.JobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMMAND_ENVENTRY']._loaded_options = None
   _globals['_COMMAND_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1742
-  _globals['_JOBSTATE']._serialized_end=1874
-  _globals['_TERMINATIONREASON']._serialized_start=1877
-  _globals['_TERMINATIONREASON']._serialized_end=2137
+  _globals['_JOBSTATE']._serialized_start=2008
+  _globals['_JOBSTATE']._serialized_end=2140
+  _globals['_TERMINATIONREASON']._serialized_start=2143
+  _globals['_TERMINATIONREASON']._serialized_end=2403
+  _globals['_JOBEVENTTYPE']._serialized_start=2406
+  _globals['_JOBEVENTTYPE']._serialized_end=2566
   _globals['_COMMAND']._serialized_start=95
   _globals['_COMMAND']._serialized_end=277
   _globals['_COMMAND_ENVENTRY']._serialized_start=235
@@ -51,19 +53,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=774
   _globals['_GETJOBREQUEST']._serialized_end=805
   _globals['_LISTJOBSREQUEST']._serialized_start=807
-  _globals['_LISTJOBSREQUEST']._serialized_end=863
-  _globals['_LISTJOBSRESPONSE']._serialized_start=865
-  _globals['_LISTJOBSRESPONSE']._serialized_end=941
-  _globals['_STREAMOUTPUTREQUEST']._serialized_start=943
-  _globals['_STREAMOUTPUTREQUEST']._serialized_end=1015
-  _globals['_OUTPUTCHUNK']._serialized_start=1017
-  _globals['_OUTPUTCHUNK']._serialized_end=1060
-  _globals['_WAITJOBREQUEST']._serialized_start=1062
-  _globals['_WAITJOBREQUEST']._serialized_end=1094
-  _globals['_USAGE']._serialized_start=1097
-  _globals['_USAGE']._serialized_end=1240
-  _globals['_JOB']._serialized_start=1243
-  _globals['_JOB']._serialized_end=1739
-  _globals['_JOBWORKER']._serialized_start=2140
-  _globals['_JOBWORKER']._serialized_end=2546
+  _globals['_LISTJOBSREQUEST']._serialized_end=902
+  _globals['_LISTJOBSRESPONSE']._serialized_start=904
+  _globals['_LISTJOBSRESPONSE']._serialized_end=980
+  _globals['_STREAMOUTPUTREQUEST']._serialized_start=982
+  _globals['_STREAMOUTPUTREQUEST']._serialized_end=1054
+  _globals['_OUTPUTCHUNK']._serialized_start=1056
+  _globals['_OUTPUTCHUNK']._serialized_end=1099
+  _globals['_WAITJOBREQUEST']._serialized_start=1101
+  _globals['_WAITJOBREQUEST']._serialized_end=1133
+  _globals['_USAGE']._serialized_start=1136
+  _globals['_USAGE']._serialized_end=1315
+  _globals['_JOB']._serialized_start=1318
+  _globals['_JOB']._serialized_end=1814
+  _globals['_WATCHJOBSREQUEST']._serialized_start=1816
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1858
+  _globals['_JOBEVENT']._serialized_start=1861
+  _globals['_JOBEVENT']._serialized_end=2005
+  _globals['_JOBWORKER']._serialized_start=2569
+  _globals['_JOBWORKER']._serialized_end=3046
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,14 @@ class TerminationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TERMINATION_REASON_OUTPUT_CAPPED: _ClassVar[TerminationReason]
     TERMINATION_REASON_FAILED_TO_START: _ClassVar[TerminationReason]
     TERMINATION_REASON_LOST: _ClassVar[TerminationReason]
+
+class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_EVENT_TYPE_UNSPECIFIED: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_CREATED: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_RUNNING: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_STOPPING: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_FINISHED: _ClassVar[JobEventType]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_STARTING: JobState
 JOB_STATE_RUNNING: JobState
@@ -39,6 +47,11 @@ TERMINATION_REASON_OOM_KILLED: TerminationReason
 TERMINATION_REASON_OUTPUT_CAPPED: TerminationReason
 TERMINATION_REASON_FAILED_TO_START: TerminationReason
 TERMINATION_REASON_LOST: TerminationReason
+JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
+JOB_EVENT_TYPE_CREATED: JobEventType
+JOB_EVENT_TYPE_RUNNING: JobEventType
+JOB_EVENT_TYPE_STOPPING: JobEventType
+JOB_EVENT_TYPE_FINISHED: JobEventType
 
 class Command(_message.Message):
     __slots__ = ("command", "arguments", "user", "group", "directory", "env")
@@ -108,12 +121,16 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "running_only", "job_ids")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_ONLY_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    running_only: bool
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., running_only: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -148,20 +165,24 @@ class WaitJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes", "oom_kills", "output_bytes")
+    __slots__ = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes", "oom_kills", "output_bytes", "memory_bytes", "pids")
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
     cpu_seconds: float
     memory_peak_bytes: int
     io_read_bytes: int
     io_write_bytes: int
     oom_kills: int
     output_bytes: int
-    def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., output_bytes: _Optional[int] = ...) -> None: ...
+    memory_bytes: int
+    pids: int
+    def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., output_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as")
@@ -196,3 +217,21 @@ class Job(_message.Message):
     usage: Usage
     run_as: str
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ...) -> None: ...
+
+class WatchJobsRequest(_message.Message):
+    __slots__ = ("after_revision",)
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    after_revision: int
+    def __init__(self, after_revision: _Optional[int] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("revision", "type", "time", "job")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    type: JobEventType
+    time: _timestamp_pb2.Timestamp
+    job: Job
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[JobEventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...

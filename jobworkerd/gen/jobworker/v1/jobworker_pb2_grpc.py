@@ -67,6 +67,11 @@ class JobWorkerStub:
                 request_serializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.WaitJobRequest.SerializeToString,
                 response_deserializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.Job.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/jobworker.v1.JobWorker/WatchJobs',
+                request_serializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.JobEvent.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -116,6 +121,17 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """One event per change of a job's state, as it happens, for the jobs the caller may see (a user:
+        its own; an admin: all). With after_revision, the events after it come first, as far as the
+        bounded history reaches: OUT_OF_RANGE if it does not reach back that far (or the daemon
+        restarted since). RESOURCE_EXHAUSTED if the client reads too slowly to keep up: resume from
+        the last revision received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +164,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.WaitJob,
                     request_deserializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.WaitJobRequest.FromString,
                     response_serializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.Job.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest.FromString,
+                    response_serializer=jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.JobEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +336,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/WaitJob',
             jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.WaitJobRequest.SerializeToString,
             jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/WatchJobs',
+            jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest.SerializeToString,
+            jobworkerd_dot_gen_dot_jobworker_dot_v1_dot_jobworker__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,
