@@ -27,7 +27,6 @@ from .convert import event_to_proto, job_to_proto, page_after, page_size, page_t
 
 T = TypeVar("T")
 log = logging.getLogger("jobworkerd.api")
-WATCH_BACKLOG = 10000  # events queued for one WatchJobs client before it is told it fell behind
 
 
 class JobWorkerService(pb_grpc.JobWorkerServicer):
@@ -101,10 +100,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[JobEvent | None] = asyncio.Queue()
         behind = False
+        backlog = self.manager.events.capacity  # further behind, it could not resume from the history either
 
         def take(event: JobEvent) -> None:  # on the loop; the thread that changed the job only hands over
             nonlocal behind
-            if queue.qsize() >= WATCH_BACKLOG and not behind:
+            if queue.qsize() >= backlog and not behind:
                 behind = True
                 queue.put_nowait(None)  # the client cannot keep up: end its stream at this point
             elif not behind:
@@ -121,7 +121,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 event = await queue.get()
                 if event is None:
                     raise ResourceExhausted(
-                        f"this client fell more than {WATCH_BACKLOG} events behind; watch again with "
+                        f"this client fell more than {backlog} events behind; watch again with "
                         f"after_revision={last} to resume")
                 if event.revision <= last:
                     continue  # already sent from the history

@@ -131,6 +131,35 @@ def test_a_watcher_resumes_after_its_last_revision_and_too_old_a_revision_is_out
     assert after_restart[0].revision > missed[-1].revision
 
 
+def test_a_watcher_that_does_not_read_is_told_where_to_resume(daemon_factory):
+    from pathlib import Path
+
+    from jobworkerd.gen.jobworker.v1 import jobworker_pb2_grpc
+
+    d = daemon_factory({"events": {"history": 8}}).start()
+    stub = d.stub()
+    crt, key = d.cert("admin", "admin")
+    credentials = grpc.ssl_channel_credentials(Path(d.ca).read_bytes(), Path(key).read_bytes(), Path(crt).read_bytes())
+    # A client that reads nothing: with BDP probing off, its flow-control window stays at 64 KiB.
+    with grpc.secure_channel(d.addr, credentials, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        slow_reader(jobworker_pb2_grpc.JobWorkerStub(channel), stub)
+
+
+def slow_reader(watching, stub) -> None:
+    call = watching.WatchJobs(pb.WatchJobsRequest(), timeout=120)
+    first = start(stub, "true")  # the stream is open once its events arrive; then it is not read
+    wait_job(stub, first.id)
+    events = iter(call)
+    assert next(events).job.id == first.id
+    for _ in range(300):  # 900 events, ~250 KB: more than the transport buffers and the 8 the daemon queues
+        wait_job(stub, start(stub, "true").id)
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in events:
+            pass
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fell more than 8 events behind; watch again with after_revision=" in info.value.details()
+
+
 def test_jobctl_events_prints_a_line_or_a_json_object_per_event(daemon):
     admin = daemon.stub()
     watcher = Watcher(admin)
