@@ -70,7 +70,10 @@ class JobManager:
         self.events = EventLog(config.events.history)
         self._listeners.append(self.events.record)
         self._wake_r, self._wake_w = os.pipe()
-        self._closing = False
+        self._closing = False  # the monitor thread's end
+        self._accepting = True  # False from the moment close() begins: no new job starts
+        self._starts_in_flight = 0
+        self._starts_done = threading.Condition(self._lock)
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
         # Ending a job can wait (processes in uninterruptible I/O die slowly); never in the monitor thread,
         # which must keep waking followers and noticing other jobs' ends.
@@ -92,8 +95,11 @@ class JobManager:
         return self
 
     def close(self, grace: float | None = None) -> None:
-        """Stop every running job (SIGTERM, grace, kill), then release everything."""
+        """Refuse new starts, let those under way finish, stop every running job (SIGTERM, grace, kill),
+        then release everything."""
         with self._lock:
+            self._accepting = False
+            self._starts_done.wait_for(lambda: self._starts_in_flight == 0)
             running = list(self._running)
         grace = self.config.stop_grace if grace is None else grace
         stoppers = [
@@ -139,8 +145,18 @@ class JobManager:
 
     def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None) -> JobRecord:
         """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not."""
-        if self._closing:
-            raise FailedPrecondition("the daemon is shutting down; no new jobs are started")
+        with self._lock:
+            if not self._accepting:
+                raise FailedPrecondition("the daemon is shutting down; no new jobs are started")
+            self._starts_in_flight += 1
+        try:
+            return self._start(spec, owner, default_user)
+        finally:
+            with self._lock:
+                self._starts_in_flight -= 1
+                self._starts_done.notify_all()
+
+    def _start(self, spec: JobSpec, owner: str, default_user: str | None) -> JobRecord:
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
         self.run_dir.check_room()
         job_id = uuid.uuid4().hex[:12]
@@ -306,15 +322,21 @@ class JobManager:
                 self._enders.submit(self.sweep_output)
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
             for key, _ in self._selector.select(SWEEP_INTERVAL):
-                if key.data == "wake":
-                    os.read(self._wake_r, 4096)
-                    self._register_pending()
-                elif key.data == "hub":
-                    self.hub.dispatch()
-                    time.sleep(MONITOR_COALESCE)
-                else:
-                    self._selector.unregister(key.fd)
-                    self._enders.submit(self._finish_logged, key.data)
+                try:
+                    self._handle(key)
+                except Exception:  # this thread notices every job's end: it must outlive any bug
+                    log.exception("the job monitor hit an error; it carries on")
+
+    def _handle(self, key: selectors.SelectorKey) -> None:
+        if key.data == "wake":
+            os.read(self._wake_r, 4096)
+            self._register_pending()
+        elif key.data == "hub":
+            self.hub.dispatch()
+            time.sleep(MONITOR_COALESCE)
+        else:
+            self._selector.unregister(key.fd)
+            self._enders.submit(self._finish_logged, key.data)
 
     def _register_pending(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import struct
 import threading
@@ -30,6 +31,7 @@ READ_CHUNK = 256 << 10  # catching up: up to 256 KiB per read (and per gRPC mess
 MAX_OFFSET = 1 << 62  # pread needs offset + count to fit in off_t; no output file is this large
 
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger("jobworkerd.output")
 
 
 def parse_events(data: bytes) -> tuple[set[int], bool]:
@@ -136,8 +138,7 @@ class OutputHub:
         with self._lock:
             wd = self._wd_by_path.get(path)
             callbacks = list(self._subscribers.get(wd, {}).values()) if wd is not None else []
-        for callback in callbacks:
-            callback()
+        _call_each(callbacks)
 
     def dispatch(self) -> None:
         """Read pending inotify events and wake the subscribers of each file that changed."""
@@ -150,11 +151,19 @@ class OutputHub:
             if overflow:  # events were lost: we cannot tell whose file grew, so wake everyone
                 woken = set(self._subscribers)
             callbacks = [cb for wd in woken for cb in self._subscribers.get(wd, {}).values()]
-        for callback in callbacks:
-            callback()
+        _call_each(callbacks)
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _call_each(callbacks: list[Callable[[], None]]) -> None:
+    """One subscriber's failure must not keep the others asleep."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("an output subscriber failed")
 
 
 class OutputSource:

@@ -874,3 +874,34 @@ def test_listeners_see_each_state_change_in_order(manager):
         (stopped.id, "finished", "stopped"),
         (failed, "starting", ""), (failed, "finished", "failed-to-start"),
     ]
+
+
+# -- robustness (issue 12's review) ------------------------------------------------------------------------------
+
+
+def test_a_failing_output_subscriber_does_not_stop_job_ends_being_recorded(manager):
+    job = manager.start(JobSpec("sh", ("-c", "read x < /dev/null; sleep 0.3; echo written; sleep 0.3")))
+
+    def broken() -> None:
+        raise RuntimeError("a subscriber's bug")
+
+    manager.hub.subscribe(str(output_path(manager, job.id)), broken)
+    record = manager.wait(job.id, DEADLINE)
+    assert record.state is JobState.FINISHED and record.exit_code == 0, record
+    later = manager.wait(sh(manager, "echo later").id, DEADLINE)  # the monitor thread still records ends
+    assert later.state is JobState.FINISHED
+
+
+def test_no_job_starts_once_shutdown_has_begun(make_manager):
+    m = make_manager(stop_grace="3s")
+    stubborn = m.start(JobSpec("sh", ("-c", f"trap '' TERM; sleep {unique_seconds()}")))
+    closing = threading.Thread(target=m.close)
+    closing.start()
+    try:
+        wait_until(lambda: m.status(stubborn.id).state is JobState.STOPPING, what="the shutdown to stop the job")
+        with pytest.raises(FailedPrecondition, match="shutting down"):
+            m.start(JobSpec("/bin/true"))
+    finally:
+        closing.join()
+    after = make_manager()  # the same state directory
+    assert [(r.id, r.reason) for r in after.list()] == [(stubborn.id, Reason.STOPPED)]  # nothing else started
