@@ -116,7 +116,7 @@ def status_text(job: Any, now: datetime.datetime | None = None) -> str:
     if job.message:
         rows.append(("message", job.message))
     width = max(len(k) for k, _ in rows) + 1
-    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)
+    return "\n".join(f"{k + ':':<{width}} {printable(v)}" for k, v in rows)
 
 
 def _limits_text(limits: Any) -> str:
@@ -154,7 +154,7 @@ COLUMNS = ("ID", "NAME", "OWNER", "STATE", "REASON", "EXIT", "CPU", "MEM PEAK", 
 
 def table(jobs: Iterable[Any], now: datetime.datetime | None = None) -> str:
     now = now or _now()
-    rows = [COLUMNS] + [_row(job, now) for job in jobs]
+    rows = [COLUMNS] + [tuple(printable(cell) for cell in _row(job, now)) for job in jobs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -236,7 +236,9 @@ def stats_table(now: Iterable[Any], before: dict[str, tuple[float, float]], at: 
 
 
 def printable(text: str) -> str:
-    """Control characters (a terminal's escape sequences among them) shown as escapes, not sent raw."""
+    """Control characters shown as escapes, never sent raw: a job's owner chooses its name, arguments and
+    environment, and must not put terminal escape sequences into an admin's terminal (JSON output
+    escapes them by itself)."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 

@@ -99,7 +99,7 @@ def read_spec(fd):
 
 def report(status_fd, line):
     # One line per report: a newline in a detail (a directory name a user chose) must not start another.
-    text = line.replace("\n", "\\n").replace("\r", "\\r")
+    text = line.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
     try:
         os.write(status_fd, text.encode(errors="replace") + b"\n")
     except OSError:

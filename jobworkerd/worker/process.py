@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import errno as errno_mod
 import os
+import re
 import select
 import socket
 import subprocess
@@ -68,12 +69,17 @@ def encode_spec(resolved: ResolvedSpec, plan: LaunchPlan) -> bytes:
     return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in fields)
 
 
+def _unescape(text: str) -> str:
+    """The launcher escapes backslash, newline and CR in status lines (each report is one line)."""
+    return re.sub(r"\\([\\nr])", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), "\\"), text)
+
+
 def describe_failure(line: str) -> StartFailed:
     """'fail STEP ERRNO DETAIL' -> StartFailed with a message naming the step, file and errno."""
     parts = line.split(" ", 3)
     step = parts[1] if len(parts) > 1 else "unknown"
     err = int(parts[2]) if len(parts) > 2 and parts[2].lstrip("-").isdigit() else 0
-    detail = parts[3] if len(parts) > 3 else ""
+    detail = _unescape(parts[3]) if len(parts) > 3 else ""
     name = errno_mod.errorcode.get(err, str(err))
     what = STEP_HINTS.get(step, step)
     target = f" {detail!r}" if detail else ""

@@ -100,21 +100,41 @@ def _directory(path: str) -> str:
     return path
 
 
-def find_program(command: str, path_var: str, directory: str) -> str:
+def find_program(command: str, path_var: str, directory: str, uid: int = 0, gids: tuple[int, ...] = ()) -> str:
+    """The program as the job's execvp would find it: a name with a slash is taken relative to the job's
+    directory, others are looked up in PATH, whose relative entries (and empty ones, meaning ".") are the
+    job's directory's too, never the daemon's. A file the run-as user (uid, and gids of its groups) may not
+    execute is passed over, as execvp goes on after EACCES."""
     if "/" in command:
         candidate = os.path.normpath(os.path.join(directory, command))
         if not os.path.exists(candidate):
             raise FailedPrecondition(f"program {command!r} does not exist")
         return candidate
+    refused = ""
     for entry in path_var.split(":"):
-        candidate = os.path.join(entry or ".", command)
+        candidate = os.path.normpath(os.path.join(directory, entry or ".", command))
         try:
             st = os.stat(candidate)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            continue
+        if _may_execute(st, uid, gids):
             return candidate
+        refused = refused or candidate
+    if refused:
+        raise FailedPrecondition(f"program {command!r} is {refused} in PATH, which user {uid} may not execute")
     raise FailedPrecondition(f"program {command!r} not found in PATH ({path_var})")
+
+
+def _may_execute(st: os.stat_result, uid: int, gids: tuple[int, ...]) -> bool:
+    if uid == 0:
+        return True  # any x bit will do for root
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)  # the owner's bits alone count for the owner
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
 
 
 def _environment(env: dict[str, str], user: pwd.struct_passwd) -> dict[str, str]:
@@ -153,7 +173,7 @@ def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str) -> Re
         io_target = block_device_for(_text(limits.io_device or directory, "io device", max_len=4096))
     elif limits.io_device:
         raise InvalidArgument("io device given without any io limit (io read/write bps or iops)")
-    program = find_program(spec.command, env["PATH"], directory)
+    program = find_program(spec.command, env["PATH"], directory, user.pw_uid, (gid, *groups))
     return ResolvedSpec(
         spec=spec,
         limits=limits,

@@ -905,3 +905,14 @@ def test_no_job_starts_once_shutdown_has_begun(make_manager):
         closing.join()
     after = make_manager()  # the same state directory
     assert [(r.id, r.reason) for r in after.list()] == [(stubborn.id, Reason.STOPPED)]  # nothing else started
+
+
+def test_a_newline_in_a_failure_detail_stays_in_its_message(manager, tmp_path):
+    # A directory name the user chose, that its run-as user may not enter: the launcher's status line for
+    # the failed chdir carries the name, and its newline must not end that line early.
+    directory = tmp_path / "two\nlines"
+    directory.mkdir(mode=0o700)
+    with pytest.raises(StartFailed) as info:
+        manager.start(JobSpec("/bin/true", directory=str(directory), user="nobody"))
+    assert info.value.step == "chdir" and "two\\nlines" in info.value.message, info.value.message
+    assert "Permission denied (EACCES)" in info.value.message

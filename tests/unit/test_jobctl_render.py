@@ -154,3 +154,15 @@ def test_ending_note(fields, note):
 @pytest.mark.parametrize("value, text", [(0, "0"), (1023, "1023"), (1536, "1.5K"), (256 << 20, "256M"), (15 << 30, "15G")])
 def test_human_size(value, text):
     assert render.human_size(value) == text
+
+
+def test_control_characters_a_job_owner_chose_are_escaped_in_text_views():
+    hostile = "\x1b]0;pwned\x07\x1b[2J\r"
+    job = running_job()
+    job.name = hostile
+    job.command.arguments.append(hostile)
+    job.command.env["X"] = hostile
+    for text in (render.status_text(job), render.table([job])):
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+        assert "\\x1b]0;pwned\\x07" in text
+    assert render.to_json_obj(job)["name"] == hostile  # JSON keeps the exact value (json.dumps escapes it)

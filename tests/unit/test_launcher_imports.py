@@ -116,3 +116,24 @@ def test_the_parent_turns_the_status_line_into_a_start_failed():
     assert "cannot join the job's cgroup" in error.message and "ENOENT" in error.message
     error = process.describe_failure("fail")
     assert error.step == "unknown"
+
+
+def test_a_status_line_with_newlines_and_backslashes_in_its_detail_comes_back_whole(tmp_path):
+    """report() (launcher side) and describe_failure() (daemon side) agree on the escapes."""
+    sys.path.insert(0, str(LAUNCHER.parent))
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("launcher_main", LAUNCHER)
+        launcher = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(launcher)
+    finally:
+        sys.path.remove(str(LAUNCHER.parent))
+    r, w = os.pipe()
+    detail = "/srv/a\\nb\nc\rd\\"
+    launcher.report(w, f"fail chdir 13 {detail}")
+    os.close(w)
+    with os.fdopen(r, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    assert len(lines) == 2 and lines[1] == b""  # one line
+    assert process.describe_failure(lines[0].decode()).message == f"cannot enter directory {detail!r}: Permission denied (EACCES)"

@@ -264,3 +264,30 @@ def test_invalid_beats_over_the_maximum():
 def test_check_limits_keeps_io_settings():
     limits = Limits(io_device="/", io_read_bps=1, io_write_bps=2, io_read_iops=3, io_write_iops=4)
     assert check_limits(limits, NO_DEFAULTS) == limits
+
+
+def _program(path, mode: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(mode)
+    return str(path)
+
+
+def test_relative_path_entries_are_the_jobs_directory_not_the_daemons(tmp_path, monkeypatch):
+    job_dir = tmp_path / "job"
+    mine = _program(job_dir / "bin" / "tool", 0o755)
+    daemon_side = tmp_path / "daemon-cwd"
+    _program(daemon_side / "bin" / "tool", 0o755)
+    monkeypatch.chdir(daemon_side)
+    assert find_program("tool", "bin", str(job_dir)) == mine
+    assert find_program("tool", ":/usr/bin", str(job_dir / "bin")) == mine  # empty entry: "."
+
+
+def test_a_program_the_run_as_user_may_not_execute_is_passed_over(tmp_path):
+    owner_only = _program(tmp_path / "first" / "tool", 0o700)  # root's: only root may run it
+    everyone = _program(tmp_path / "second" / "tool", 0o755)
+    path = f"{tmp_path}/first:{tmp_path}/second"
+    assert find_program("tool", path, "/", uid=0) == owner_only
+    assert find_program("tool", path, "/", uid=65534, gids=(65534,)) == everyone
+    with pytest.raises(FailedPrecondition, match="which user 65534 may not execute"):
+        find_program("tool", f"{tmp_path}/first", "/", uid=65534, gids=(65534,))
