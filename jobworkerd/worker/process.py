@@ -145,7 +145,7 @@ class ForkServer:
         with self._lock:
             for attempt in (1, 2):
                 sock = self._sock
-                if sock is None or self._proc is None or self._proc.poll() is not None:
+                if sock is None or self._proc is None or self._proc.poll() is not None or _stopped(self._proc.pid):
                     self._discard()
                     sock = self._start()
                 try:
@@ -170,6 +170,9 @@ class ForkServer:
             os.close(status_w)
         try:
             _write_spec(spec_w, encode_spec(resolved, plan))
+        except BaseException:
+            os.close(status_r)
+            raise
         finally:
             os.close(spec_w)
         return _await_outcome(status_r)
@@ -198,11 +201,31 @@ class ForkServer:
                 self._proc = None
 
 
+def _stopped(pid: int) -> bool:
+    """A forkserver stopped by a signal (SIGSTOP, a debugger) would take orders and never fork: replace it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
 def _write_spec(fd: int, data: bytes) -> None:
+    """All of the spec, or InternalError after START_TIMEOUT: a launcher that does not read must not hold
+    the caller for ever."""
     view = memoryview(data)
+    os.set_blocking(fd, False)
+    deadline = time.monotonic() + START_TIMEOUT
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
     try:
         while view:
-            view = view[os.write(fd, view):]
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not poller.poll(remaining * 1000):
+                    raise InternalError(f"the launcher did not read the job's spec within {START_TIMEOUT:.0f}s")
     except BrokenPipeError:
         pass  # the launcher died early; its status line (or its absence) says why
 

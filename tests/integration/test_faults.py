@@ -351,3 +351,35 @@ def test_client_with_500_streams_vanishes_and_daemon_returns_to_baseline(daemon_
           f"RSS {base_rss / 1e6:.1f} MB -> {rss_first / 1e6:.1f} MB -> {rss_second / 1e6:.1f} MB")
     stop_job(stub, job.id, grace=0)
     assert not marked_processes(marker)
+
+
+# -- (h) a stopped forkserver ------------------------------------------------------------------------------------
+
+
+def forkserver_of(d) -> int:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == d.pid and b"--forkserver" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    return int(entry)
+            except OSError:
+                continue
+    raise AssertionError("no forkserver among the daemon's children")
+
+
+def test_a_stopped_forkserver_is_replaced(daemon_factory):
+    d = daemon_factory().start()
+    stub = d.stub()
+    assert wait_job(stub, start(stub, "true").id).exit_code == 0
+    stopped = forkserver_of(d)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        # Well within the 30 s a start would otherwise wait for a launcher that never comes.
+        job = stub.StartJob(pb.StartJobRequest(command=pb.Command(command="echo", arguments=["after"])), timeout=10)
+        assert wait_job(stub, job.id).exit_code == 0
+        assert read_all(stub, job.id) == b"after\n"
+        assert forkserver_of(d) != stopped
+    finally:
+        if Path(f"/proc/{stopped}").exists():
+            os.kill(stopped, signal.SIGCONT)
