@@ -34,7 +34,8 @@ exit status:
        (message: "jobctl: <reason>" on stderr)
   2    usage error: bad option or value, missing setting; nothing was sent
   run, wait: the job's exit code; 128+N when signal N killed it (137: SIGKILL,
-       also after an OOM kill; 143: SIGTERM, e.g. after jobctl stop)
+       also after an OOM kill; 143: SIGTERM, e.g. after jobctl stop); 124 when
+       it ran past its --timeout and was stopped (as timeout(1))
   130  run: detached by a second Ctrl-C (the stop asked for by the first goes on)
   141  stdout was closed by its reader (jobctl run ... | head also stops the job)
 """
@@ -188,6 +189,9 @@ def build_parser() -> Parser:
     how.add_argument("--dir", metavar="DIR", type=_absolute_dir, help="working directory, absolute (default: /)")
     how.add_argument("-e", "--env", metavar="NAME=VALUE", action="append", type=_env_pair, default=[], help="environment variable (repeatable)")
     how.add_argument("--name", metavar="NAME", default="", help="a name for the job, shown by ls")
+    how.add_argument("--timeout", metavar="DURATION", type=_duration("--timeout"),
+                     help="stop the job this long after it started (reason timed-out, exit status 124); "
+                          "e.g. 90, 30m, 2h (default: the daemon's for your role)")
     how.add_argument("-d", "--detach", action="store_true", help="print the job id and exit at once")
     run.add_argument("program", metavar="CMD", nargs="+", help="the program (a path, or a name in PATH) and its arguments, after --")
     run.set_defaults(handler="run")

@@ -30,6 +30,7 @@ MAX_MESSAGE_BYTES = 16 << 20
 # Waits before each reconnection attempt when a follow or a wait breaks with UNAVAILABLE
 # (the daemon restarting). About 12 s in all.
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 4.0)
+START_TIMEOUT = 60.0  # one StartJob attempt: the daemon gives a launcher 30 s
 _CONNECT_FAILED = "failed to connect to all addresses"
 
 
@@ -67,7 +68,11 @@ class Client:
     # ---- calls -------------------------------------------------------------------------------
 
     def start(self, request: pb.StartJobRequest) -> pb.Job:
-        return self._call(self._stub.StartJob, request)
+        """StartJob; with an idempotency key, retried (with backoff) when the daemon was unreachable or the
+        reply was lost: the key makes a repeated start return the job the first one started."""
+        if not request.idempotency_key:
+            return self._call(self._stub.StartJob, request)
+        return self._retrying(lambda: self._stub.StartJob(request, timeout=START_TIMEOUT), connected=False)
 
     def stop(self, job_id: str, grace_seconds: float | None = None) -> pb.Job:
         request = pb.StopJobRequest(job_id=job_id)
@@ -78,7 +83,7 @@ class Client:
     def get(self, job_id: str) -> pb.Job:
         return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def list(self, timeout: float | None = None, limit: int | None = None) -> list[pb.Job]:
+    def list(self, timeout: float | None = None, limit: int | None = None, summary: bool = False) -> list[pb.Job]:
         """All jobs the caller may see, page by page; or, with `limit`, the first pages holding
         at least that many. `timeout` bounds the whole listing."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -86,7 +91,8 @@ class Client:
         token = ""
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            page = self._call(lambda r: self._stub.ListJobs(r, timeout=left), pb.ListJobsRequest(page_token=token))
+            request = pb.ListJobsRequest(page_token=token, view=pb.JOB_VIEW_SUMMARY if summary else pb.JOB_VIEW_FULL)
+            page = self._call(lambda r: self._stub.ListJobs(r, timeout=left), request)
             jobs += page.jobs
             token = page.next_page_token
             if not token or (limit is not None and len(jobs) >= limit):

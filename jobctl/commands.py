@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import uuid
 
 from jobworkerd.gen.jobworker.v1 import jobworker_pb2 as pb
 
@@ -50,7 +51,9 @@ def status(args: argparse.Namespace) -> int:
 
 def ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        jobs = sorted(client.list(), key=lambda j: (j.created_at.seconds, j.created_at.nanos, j.id))
+        # The table shows no arguments: the summary view keeps pages small under any history.
+        jobs = sorted(client.list(summary=args.output != "json"),
+                      key=lambda j: (j.created_at.seconds, j.created_at.nanos, j.id))
     if args.output == "json":
         import json
 
@@ -126,7 +129,11 @@ def start_request(args: argparse.Namespace) -> pb.StartJobRequest:
     ):
         if value is not None:
             setattr(limits, field, value)
-    return pb.StartJobRequest(name=args.name, command=command, limits=limits)
+    # A fresh key per run: if the reply is lost and the start is retried, the daemon returns the same job.
+    request = pb.StartJobRequest(name=args.name, command=command, limits=limits, idempotency_key=str(uuid.uuid4()))
+    if args.timeout is not None:
+        request.timeout_seconds = args.timeout
+    return request
 
 
 # ---- attached run ------------------------------------------------------------------------------

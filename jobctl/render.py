@@ -34,8 +34,14 @@ def _enum_value_name(enum_type: Any, number: int) -> str:
 # ---- exit status ---------------------------------------------------------------------------------
 
 
+EXIT_TIMED_OUT = 124  # as timeout(1) exits when its command timed out
+
+
 def exit_status(job: Any) -> int:
-    """What jobctl run/wait exit with: the job's exit code, or 128+N when signal N killed it."""
+    """What jobctl run/wait exit with: the job's exit code, or 128+N when signal N killed it; 124 when it
+    ran past its deadline (as timeout(1))."""
+    if enum_name(job, "reason") == "timed-out":
+        return EXIT_TIMED_OUT
     if job.HasField("exit_code"):
         return job.exit_code & 0xFF
     if job.HasField("signal"):
@@ -61,6 +67,8 @@ def ending_note(job: Any) -> str | None:
         return f"job {job.id} failed to start{extra}"
     if reason == "lost":
         return f"job {job.id} was lost: the daemon stopped while it ran{extra}"
+    if reason == "timed-out":
+        return f"job {job.id} timed out after {job.timeout_seconds:g}s and was stopped ({_how_it_ended(job)})"
     return None
 
 

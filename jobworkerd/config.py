@@ -157,6 +157,93 @@ class RunAsConfig:
     _convert = {"default_user": _str, "allowed_users": _str_list, "admin_default_user": _str}
 
 
+def _opt_duration(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    seconds = _duration(value, key)
+    if seconds <= 0:
+        raise ConfigError(f"{key}: expected a positive duration (or null for none), got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class RoleQuotas:
+    """What one client of a role may hold at once (null: no bound), and its jobs' deadlines."""
+
+    running_jobs: int | None = 32  # jobs not finished yet (a start over it is refused)
+    streams: int | None = 64  # open StreamOutput calls
+    waits: int | None = 64  # open WaitJob calls
+    starts_per_second: float | None = 5.0  # a token bucket: this rate...
+    start_burst: int = 20  # ...with this many starts at once
+    timeout: float | None = None  # deadline of a job that asks for none
+    max_timeout: float | None = None  # the longest deadline a job may ask for (and the default's cap)
+
+    _convert = {
+        "running_jobs": _opt(_positive_int), "streams": _opt(_positive_int), "waits": _opt(_positive_int),
+        "starts_per_second": _opt(_positive_float), "start_burst": _positive_int,
+        "timeout": _opt_duration, "max_timeout": _opt_duration,
+    }
+
+
+@dataclass(frozen=True)
+class AdminQuotas(RoleQuotas):
+    running_jobs: int | None = 256
+    streams: int | None = 512
+    waits: int | None = 512
+    starts_per_second: float | None = 50.0
+    start_burst: int = 100
+
+
+def _user_overrides(value: Any, key: str) -> dict[str, dict[str, Any]]:
+    """users: {NAME: {quota: value}}: only the quotas given differ from the user's role."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of user names to quotas, got {value!r}")
+    overrides = {}
+    for name, quotas in value.items():
+        path = f"{key}.{name}"
+        if not isinstance(quotas, dict):
+            raise ConfigError(f"{path}: expected a mapping of quotas, got {quotas!r}")
+        known = {f.name for f in dataclasses.fields(RoleQuotas)}
+        for field_name in quotas:
+            if field_name not in known:
+                raise ConfigError(f"unknown config key {path}.{field_name!r} (known here: {', '.join(sorted(known))})")
+        overrides[str(name)] = {k: RoleQuotas._convert[k](v, f"{path}.{k}") for k, v in quotas.items()}
+    return overrides
+
+
+@dataclass(frozen=True)
+class QuotasConfig:
+    # Defaults for a 2-core host: a user's 32 running jobs already oversubscribe the cores 16 times, and
+    # each holds a cgroup, an init (~0.8 MB) and a watch; 64 streams or waits cost the daemon 64 fds and
+    # HTTP/2 streams; 5 starts/s (20 at once) is a busy CI runner's pace and keeps one user's loop of
+    # starts from taking the daemon's start path from everyone else (a start costs ~5 ms of it).
+    user: RoleQuotas = field(default_factory=RoleQuotas)
+    admin: RoleQuotas = field(default_factory=AdminQuotas)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-user overrides, by certificate CN
+
+    _convert = {
+        "user": lambda v, k: _section(RoleQuotas, v, k),
+        "admin": lambda v, k: _section(AdminQuotas, v, k),
+        "users": _user_overrides,
+    }
+
+    def for_client(self, name: str, is_admin: bool) -> RoleQuotas:
+        base = self.admin if is_admin else self.user
+        return dataclasses.replace(base, **self.users[name]) if name in self.users else base
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    # A busy host (a job a second) keeps about 3 hours of records at 10000; a quiet one 30 days.
+    max_records: int | None = 10000  # finished records kept in all (the oldest go first)
+    max_age: float | None = 30 * 86400.0  # finished records older than this go
+    idempotency_window: float = 86400.0  # how long a StartJob idempotency key keeps returning its job
+
+    _convert = {"max_records": _opt(_positive_int), "max_age": _opt_duration, "idempotency_window": _duration}
+
+
 @dataclass(frozen=True)
 class EventsConfig:
     history: int = 10000  # job state changes kept for WatchJobs clients that resume from a revision
@@ -179,6 +266,8 @@ class Config:
     # Records stay; only the output goes.
     output_retention: float = 7 * 86400.0
     events: EventsConfig = field(default_factory=EventsConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     _convert = {
         "listen": _str,
@@ -192,6 +281,8 @@ class Config:
         "max_message_bytes": _size,
         "output_retention": _duration,
         "events": lambda v, k: _section(EventsConfig, v, k),
+        "quotas": lambda v, k: _section(QuotasConfig, v, k),
+        "history": lambda v, k: _section(HistoryConfig, v, k),
     }
 
 

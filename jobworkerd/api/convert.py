@@ -25,6 +25,7 @@ REASONS = {
     Reason.OUTPUT_CAPPED: pb.TERMINATION_REASON_OUTPUT_CAPPED,
     Reason.FAILED_TO_START: pb.TERMINATION_REASON_FAILED_TO_START,
     Reason.LOST: pb.TERMINATION_REASON_LOST,
+    Reason.TIMED_OUT: pb.TERMINATION_REASON_TIMED_OUT,
 }
 _LIMIT_FIELDS = {  # proto field -> Limits attribute
     "memory_bytes": "memory",
@@ -43,7 +44,7 @@ def limits_from_proto(message: pb.Limits) -> Limits:
     return Limits(io_device=message.io_device or None, **values)  # type: ignore[arg-type]
 
 
-def spec_from_request(request: pb.StartJobRequest, user: str) -> JobSpec:
+def spec_from_request(request: pb.StartJobRequest, user: str, timeout: float | None = None) -> JobSpec:
     command = request.command
     return JobSpec(
         command=command.command,
@@ -54,6 +55,7 @@ def spec_from_request(request: pb.StartJobRequest, user: str) -> JobSpec:
         directory=command.directory,
         env=dict(command.env),
         limits=limits_from_proto(request.limits),
+        timeout=timeout,
     )
 
 
@@ -76,7 +78,8 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     return stamp
 
 
-def job_to_proto(record: JobRecord) -> pb.Job:
+def job_to_proto(record: JobRecord, summary: bool = False) -> pb.Job:
+    """The job as the API shows it; `summary` leaves out the command's arguments and environment."""
     spec = record.spec
     job = pb.Job(
         id=record.id,
@@ -86,8 +89,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         reason=REASONS[record.reason],
         message=record.message,
         command=pb.Command(
-            command=spec.command, arguments=spec.args, user=spec.user, group=spec.group,
-            directory=spec.directory, env=spec.env,
+            command=spec.command, arguments=() if summary else spec.args, user=spec.user, group=spec.group,
+            directory=spec.directory, env={} if summary else spec.env,
         ),
         limits=limits_to_proto(record.limits),
         usage=pb.Usage(
@@ -106,6 +109,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         job.exit_code = record.exit_code
     if record.signal is not None:
         job.signal = record.signal
+    if spec.timeout is not None:
+        job.timeout_seconds = spec.timeout
     for field, value in (("created_at", record.created_at), ("started_at", record.started_at), ("finished_at", record.finished_at)):
         stamp = _timestamp(value)
         if stamp is not None:

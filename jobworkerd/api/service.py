@@ -23,10 +23,12 @@ from ..errors import ResourceExhausted
 from ..worker import JobManager, JobRecord
 from ..worker.events import JobEvent
 from ..worker.output import aread_output
+from .quotas import Quotas
 from .convert import event_to_proto, job_to_proto, page_after, page_size, page_token, spec_from_request
 
 T = TypeVar("T")
 log = logging.getLogger("jobworkerd.api")
+MAX_PAGE_BYTES = 2 << 20  # a ListJobs page: well under any client's default receive limit (4 MiB)
 
 
 class JobWorkerService(pb_grpc.JobWorkerServicer):
@@ -34,6 +36,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         self.manager = manager
         self.config = config
         self._executor = executor
+        self.quotas = Quotas(config.quotas)
+        manager.add_listener(self.quotas.on_job_change)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
@@ -49,18 +53,28 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         identity = self._identity(context)
         user = run_as_user(identity, request.command.user, self.config.run_as)
         check_run_as_group(identity, user, request.command.group)
-        record = await self._run(self.manager.start, spec_from_request(request, user), identity.name)
+        timeout = self.quotas.timeout_for(identity, request.timeout_seconds if request.HasField("timeout_seconds")
+                                          else None)
+        spec = spec_from_request(request, user, timeout)
+        if request.idempotency_key:
+            repeated = await self._run(self.manager.started_with, identity.name, request.idempotency_key)
+            if repeated is not None:
+                return job_to_proto(repeated)
+        with self.quotas.starting(identity):
+            record = await self._run(self.manager.start, spec, identity.name, None, request.idempotency_key)
         return job_to_proto(record)
 
     async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         identity = self._identity(context)
         await self._job(identity, request.job_id)
         grace = request.grace_seconds if request.HasField("grace_seconds") else None
-        # Once accepted, a stop runs to its end even if the caller goes away (e.g. jobctl detaching):
-        # grpc cancels this handler then, and a half-done stop would leave a job SIGTERMed, never killed.
-        stop = asyncio.ensure_future(self._run(self.manager.stop, request.job_id, grace))
-        stop.add_done_callback(_log_orphaned_failure)
-        return job_to_proto(await asyncio.shield(stop))
+        # The stop runs on the manager's timers: it goes on to its end if this caller goes away (e.g. jobctl
+        # detaching), and no thread waits out its grace period. Many stops of one job are one stop.
+        begun = asyncio.ensure_future(self._run(self.manager.begin_stop, request.job_id, grace))
+        begun.add_done_callback(_log_orphaned_failure)
+        await asyncio.shield(begun)
+        await self._until_finished(request.job_id)
+        return job_to_proto(await self._run(self.manager.status, request.job_id))
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         return job_to_proto(await self._job(self._identity(context), request.job_id))
@@ -70,30 +84,48 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         size = page_size(request.page_size)
         records = await self._run(self.manager.list, owner, page_after(request.page_token), size + 1,
                                   request.running_only, tuple(request.job_ids))
-        page, more = records[:size], len(records) > size
-        return pb.ListJobsResponse(
-            jobs=[job_to_proto(r) for r in page], next_page_token=page_token(page[-1]) if more else ""
-        )
+        summary = request.view == pb.JOB_VIEW_SUMMARY
+        jobs, used = [], 0
+        for record in records[:size]:  # a page ends early rather than grow past MAX_PAGE_BYTES
+            job = job_to_proto(record, summary)
+            used += job.ByteSize()
+            if jobs and used > MAX_PAGE_BYTES:
+                break
+            jobs.append(job)
+        more = len(records) > len(jobs)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=page_token(records[len(jobs) - 1]) if more else "")
 
     async def StreamOutput(
         self, request: pb.StreamOutputRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OutputChunk]:
-        await self._job(self._identity(context), request.job_id)
-        source = self.manager.output(request.job_id)
-        async for offset, data in aread_output(source, request.offset, follow=not request.no_follow):
-            yield pb.OutputChunk(data=data, offset=offset)
+        identity = self._identity(context)
+        await self._job(identity, request.job_id)
+        with self.quotas.holding(identity, "streams"):
+            source = self.manager.output(request.job_id)
+            async for offset, data in aread_output(source, request.offset, follow=not request.no_follow):
+                yield pb.OutputChunk(data=data, offset=offset)
 
     async def WaitJob(self, request: pb.WaitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        await self._job(self._identity(context), request.job_id)
+        identity = self._identity(context)
+        await self._job(identity, request.job_id)
+        with self.quotas.holding(identity, "waits"):
+            await self._until_finished(request.job_id)
+        return job_to_proto(await self._run(self.manager.status, request.job_id))
+
+    async def _until_finished(self, job_id: str) -> None:
+        """Returns once the job has finished, holding no thread; a waiter that goes away (cancelled)
+        takes its callback with it."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
         def finished() -> None:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
-        if self.manager.when_finished(request.job_id, finished):
-            await done
-        return job_to_proto(await self._run(self.manager.status, request.job_id))
+        if self.manager.when_finished(job_id, finished):
+            try:
+                await done
+            finally:
+                self.manager.forget_when_finished(job_id, finished)
 
     async def WatchJobs(self, request: pb.WatchJobsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
         owner = list_owner(self._identity(context))

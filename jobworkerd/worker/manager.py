@@ -33,11 +33,13 @@ from .process import ForkServer, ForkServerUnavailable, LaunchPlan, launch
 from .rundir import RunDir
 from .spec import resolve
 from .store import JobStore
+from .timers import Timers
 
 log = logging.getLogger("jobworkerd.jobs")
 
 MAX_GRACE = 3600.0
 MAX_LISTED_IDS = 1000
+MAX_KEY = 128
 KILL_SETTLE = 5.0  # after SIGKILL, how long the init may take to be reported gone
 MONITOR_COALESCE = 0.002  # at most one inotify dispatch per 2 ms, however fast jobs write
 SWEEP_INTERVAL = 60.0  # how often finished jobs' output is checked against output_retention
@@ -53,6 +55,9 @@ class _Running:
     end_reason: Reason | None = None  # set by us when we end the job (stop, output cap)
     end_message: str = ""
     on_finish: list[Callable[[], None]] = field(default_factory=list)
+    kill_at: float | None = None  # monotonic time a stop's grace period ends
+    kill_timer: int | None = None
+    deadline_timer: int | None = None
 
 
 class JobManager:
@@ -74,10 +79,12 @@ class JobManager:
         self._accepting = True  # False from the moment close() begins: no new job starts
         self._starts_in_flight = 0
         self._starts_done = threading.Condition(self._lock)
+        self._keys_in_flight: set[tuple[str, str]] = set()
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
         # Ending a job can wait (processes in uninterruptible I/O die slowly); never in the monitor thread,
         # which must keep waking followers and noticing other jobs' ends.
         self._enders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-end")
+        self.timers = Timers()  # stop grace periods and deadlines: no thread waits for one
         self.run_dir = RunDir(config.run_dir, config.limits.output_total)
         self.jobs_dir = self.run_dir.jobs_dir
         # Shown empty inside every job: other jobs' output, and every job's record (arguments, environment).
@@ -100,21 +107,21 @@ class JobManager:
         with self._lock:
             self._accepting = False
             self._starts_done.wait_for(lambda: self._starts_in_flight == 0)
-            running = list(self._running)
+            running = list(self._running.values())
         grace = self.config.stop_grace if grace is None else grace
-        stoppers = [
-            threading.Thread(target=self._stop_quietly, args=(job_id, grace, "the daemon is shutting down"))
-            for job_id in running
-        ]
-        for thread in stoppers:
-            thread.start()
-        for thread in stoppers:
-            thread.join()
+        for job in running:
+            try:
+                self.begin_stop(job.record.id, grace, Reason.STOPPED, "the daemon is shutting down")
+            except Exception:  # keep stopping the others
+                log.exception("job %s: cannot stop it at shutdown", job.record.id)
+        for job in running:
+            job.finished.wait(grace + KILL_SETTLE)
         self._closing = True
         os.write(self._wake_w, b"x")
         if self._monitor.is_alive():
             self._monitor.join()
         self._enders.shutdown(wait=True)
+        self.timers.close()
         self.forkserver.close()
         self.backend.teardown()
         self.store.close()
@@ -143,18 +150,41 @@ class JobManager:
 
         return remove
 
-    def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None) -> JobRecord:
-        """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not."""
+    def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None,
+              idempotency_key: str = "") -> JobRecord:
+        """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not.
+        With an idempotency key that `owner` used within history.idempotency_window, returns that job
+        instead (a concurrent start with the same key waits for the first)."""
+        if idempotency_key:
+            _check_key(idempotency_key)
         with self._lock:
             if not self._accepting:
                 raise FailedPrecondition("the daemon is shutting down; no new jobs are started")
             self._starts_in_flight += 1
+            if idempotency_key:
+                self._starts_done.wait_for(lambda: (owner, idempotency_key) not in self._keys_in_flight)
+                self._keys_in_flight.add((owner, idempotency_key))
         try:
-            return self._start(spec, owner, default_user)
+            if idempotency_key:
+                earlier = self.started_with(owner, idempotency_key)
+                if earlier is not None:
+                    return earlier
+            record = self._start(spec, owner, default_user)
+            if idempotency_key:
+                self.store.remember_key(owner, idempotency_key, record.id, time.time())
+            return record
         finally:
             with self._lock:
                 self._starts_in_flight -= 1
+                self._keys_in_flight.discard((owner, idempotency_key))
                 self._starts_done.notify_all()
+
+    def started_with(self, owner: str, idempotency_key: str) -> JobRecord | None:
+        """The job `owner` started with this key within the idempotency window, if any."""
+        _check_key(idempotency_key)
+        since = time.time() - self.config.history.idempotency_window
+        job_id = self.store.job_for_key(owner, idempotency_key, since)
+        return self.status(job_id) if job_id else None
 
     def _start(self, spec: JobSpec, owner: str, default_user: str | None) -> JobRecord:
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
@@ -197,6 +227,9 @@ class JobManager:
             os.close(output_fd)
         record = record.evolve(state=JobState.RUNNING, started_at=time.time(), pid=launched.init_pid)
         running = _Running(record, launched.status_fd, output_path, exit_file)
+        if spec.timeout is not None:
+            running.deadline_timer = self.timers.call_later(spec.timeout,
+                                                            lambda: self._enders.submit(self._deadline, running))
         with self._lock:
             self._running[job_id] = running
             self._pending.append(running)
@@ -209,12 +242,48 @@ class JobManager:
 
     def stop(self, job_id: str, grace: float | None = None) -> JobRecord:
         """SIGTERM every process of the job, wait `grace` seconds, then kill what is left. Returns the final
-        record. Stopping a finished job returns its record unchanged."""
+        record. Stopping a finished job returns its record unchanged. Blocks this thread until the end:
+        callers that must not (the API) use begin_stop() and when_finished()."""
+        grace = self.config.stop_grace if grace is None else grace
+        with self._lock:
+            running = self._running.get(job_id)
+        self.begin_stop(job_id, grace)
+        if running is not None and not running.finished.wait(grace + KILL_SETTLE):
+            raise InternalError(f"job {job_id} was killed but its end was not seen within {KILL_SETTLE:.0f}s")
+        return self.status(job_id)
+
+    def begin_stop(self, job_id: str, grace: float | None = None, reason: Reason = Reason.STOPPED,
+                   message: str = "stopped on request") -> bool:
+        """SIGTERM every process of the job now and SIGKILL what is left after `grace` seconds, by a timer:
+        returns at once. Stops of one job are one stop: a later one can only bring the kill forward (its
+        reason stays the first's). False if the job has already finished; NotFound if there is no such job."""
         grace = self.config.stop_grace if grace is None else grace
         if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE:
             raise InvalidArgument(f"grace must be between 0 and {MAX_GRACE:.0f} seconds, got {grace}")
-        self._stop(job_id, grace, Reason.STOPPED, "stopped on request")
-        return self.status(job_id)
+        first = False
+        with self._lock:
+            running = self._running.get(job_id)
+            if running is None or running.finished.is_set():
+                running = None
+            elif running.end_reason is None:
+                first = True
+                running.end_reason, running.end_message = reason, message
+                running.record = running.record.evolve(state=JobState.STOPPING)
+                self._store_and_announce(running.record)
+        if running is None:
+            self.status(job_id)  # NotFound, or already finished: nothing to do
+            return False
+        if first:
+            self.backend.signal(job_id, signal.SIGTERM)  # before the kill can be due, even with no grace
+        with self._lock:
+            kill_at = time.monotonic() + grace
+            if not running.finished.is_set() and (running.kill_at is None or kill_at < running.kill_at):
+                if running.kill_timer is not None:
+                    self.timers.cancel(running.kill_timer)
+                running.kill_at = kill_at
+                job = running
+                running.kill_timer = self.timers.call_later(grace, lambda: self._enders.submit(self._kill, job))
+        return True
 
     def status(self, job_id: str) -> JobRecord:
         check_job_id(job_id)
@@ -272,6 +341,13 @@ class JobManager:
             running.on_finish.append(callback)
             return True
 
+    def forget_when_finished(self, job_id: str, callback: Callable[[], None]) -> None:
+        """Drop a callback given to when_finished (its waiter went away)."""
+        with self._lock:
+            running = self._running.get(job_id)
+            if running is not None and callback in running.on_finish:
+                running.on_finish.remove(callback)
+
     def output(self, job_id: str) -> OutputSource:
         """Where a follower reads this job's output, and how it knows the job has ended."""
         self.status(job_id)  # NotFound for unknown ids
@@ -289,29 +365,22 @@ class JobManager:
 
     # -- stopping ----------------------------------------------------------------------------------------------
 
-    def _stop(self, job_id: str, grace: float, reason: Reason, message: str) -> None:
-        with self._lock:
-            running = self._running.get(job_id)
-        if running is None:
-            self.status(job_id)  # NotFound, or already finished: nothing to do
+    def _kill(self, running: _Running) -> None:
+        """A stop's grace period is over (in a job-end thread)."""
+        if running.finished.is_set():
             return
-        if running.end_reason is None:
-            running.end_reason, running.end_message = reason, message
-            with self._lock:
-                if not running.finished.is_set():
-                    running.record = running.record.evolve(state=JobState.STOPPING)
-                    self._store_and_announce(running.record)
-        self.backend.signal(job_id, signal.SIGTERM)
-        if not running.finished.wait(grace):
-            self.backend.kill(job_id)
-        if not running.finished.wait(KILL_SETTLE):
-            raise InternalError(f"job {job_id} was killed but its end was not seen within {KILL_SETTLE:.0f}s")
-
-    def _stop_quietly(self, job_id: str, grace: float, message: str) -> None:
         try:
-            self._stop(job_id, grace, Reason.STOPPED, message)
-        except Exception:  # shutting down: keep stopping the others
-            pass
+            self.backend.kill(running.record.id)
+        except Exception:
+            log.exception("job %s: cannot kill it at the end of its grace period", running.record.id)
+
+    def _deadline(self, running: _Running) -> None:
+        timeout = running.record.spec.timeout
+        try:
+            self.begin_stop(running.record.id, self.config.stop_grace, Reason.TIMED_OUT,
+                            f"the job ran past its deadline of {timeout:g}s (timeout) and was stopped")
+        except Exception:
+            log.exception("job %s: cannot stop it at its deadline", running.record.id)
 
     # -- the monitor thread ---------------------------------------------------------------------------------------
 
@@ -320,6 +389,7 @@ class JobManager:
         while not self._closing:
             if time.monotonic() >= next_sweep:
                 self._enders.submit(self.sweep_output)
+                self._enders.submit(self.prune_history)
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
             for key, _ in self._selector.select(SWEEP_INTERVAL):
                 try:
@@ -353,6 +423,9 @@ class JobManager:
     def _finish(self, running: _Running) -> None:
         """The job's init has exited: the kernel is killing the rest of its namespace. Record the end."""
         os.close(running.status_fd)
+        for timer in (running.kill_timer, running.deadline_timer):
+            if timer is not None:
+                self.timers.cancel(timer)
         job_id = running.record.id
         try:
             if not self.backend.wait_empty(job_id, 2.0):
@@ -392,6 +465,18 @@ class JobManager:
         self.hub.notify(running.output_path)
         for callback in running.on_finish:
             callback()
+
+    def prune_history(self) -> list[str]:
+        """Finished records beyond history.max_records or older than history.max_age go, with their output."""
+        history = self.config.history
+        now = time.time()
+        gone = self.store.prune(history.max_records, now - history.max_age if history.max_age else None,
+                                now - history.idempotency_window)
+        for job_id in gone:
+            shutil.rmtree(os.path.join(self.jobs_dir, job_id), ignore_errors=True)
+        if gone:
+            log.info("pruned %d finished job record(s) and their output (config history)", len(gone))
+        return gone
 
     def sweep_output(self) -> list[str]:
         """Delete the output of finished jobs last written over output_retention ago. Returns their ids."""
@@ -494,6 +579,11 @@ class JobManager:
                     usage=replace(usage or record.usage, output_bytes=output_bytes, memory_bytes=0, pids=0),
                 )
             )
+
+
+def _check_key(key: str) -> None:
+    if len(key) > MAX_KEY or not key.isprintable():
+        raise InvalidArgument(f"idempotency key must be at most {MAX_KEY} printable characters, got {key[:40]!r}...")
 
 
 def check_job_id(job_id: str) -> None:

@@ -26,6 +26,7 @@ class Reason(str, enum.Enum):
     OUTPUT_CAPPED = "output-capped"  # it wrote more output than the per-job cap; killed, output kept up to the cap
     FAILED_TO_START = "failed-to-start"  # the program never ran (exec failed, cgroup setup failed)
     LOST = "lost"  # the daemon died while it ran; it was ended at the next start
+    TIMED_OUT = "timed-out"  # it ran past its deadline (timeout) and was stopped
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class JobSpec:
     directory: str = ""
     env: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    timeout: float | None = None  # seconds from the start; then it is stopped (reason timed-out)
 
 
 @dataclass(frozen=True)

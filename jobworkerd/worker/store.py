@@ -19,6 +19,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
+CREATE TABLE IF NOT EXISTS start_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
 """
 
 
@@ -70,6 +78,38 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return [JobRecord.from_dict(json.loads(r[0])) for r in rows]
+
+    def remember_key(self, owner: str, key: str, job_id: str, at: float) -> None:
+        """The job a client's idempotency key started (see StartJobRequest.idempotency_key)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO start_keys (owner, key, job_id, created_at) VALUES (?, ?, ?, ?)",
+                             (owner, key, job_id, at))
+
+    def job_for_key(self, owner: str, key: str, since: float) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT job_id FROM start_keys WHERE owner = ? AND key = ? AND created_at >= ?",
+                                   (owner, key, since)).fetchone()
+        return row[0] if row else None
+
+    def prune(self, max_records: int | None, created_before: float | None, keys_before: float) -> list[str]:
+        """Delete finished records created before `created_before`, then the oldest finished ones beyond
+        `max_records` in all, and start keys older than `keys_before`. Returns the jobs deleted."""
+        finished = JobState.FINISHED.value
+        with self._lock:
+            gone = []
+            if created_before is not None:
+                gone += [r[0] for r in self._db.execute(
+                    "DELETE FROM jobs WHERE state = ? AND created_at < ? RETURNING id", (finished, created_before))]
+            if max_records is not None:
+                (total,) = self._db.execute("SELECT count(*) FROM jobs").fetchone()
+                if total > max_records:
+                    ids = [r[0] for r in self._db.execute(
+                        "SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT ?",
+                        (finished, total - max_records))]
+                    self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+                    gone += ids
+            self._db.execute("DELETE FROM start_keys WHERE created_at < ?", (keys_before,))
+        return gone
 
     def unfinished(self) -> list[JobRecord]:
         with self._lock:

@@ -136,7 +136,7 @@ def test_a_watcher_that_does_not_read_is_told_where_to_resume(daemon_factory):
 
     from jobworkerd.gen.jobworker.v1 import jobworker_pb2_grpc
 
-    d = daemon_factory({"events": {"history": 8}}).start()
+    d = daemon_factory({"events": {"history": 8}, "quotas": {"admin": {"starts_per_second": None}}}).start()
     stub = d.stub()
     crt, key = d.cert("admin", "admin")
     credentials = grpc.ssl_channel_credentials(Path(d.ca).read_bytes(), Path(key).read_bytes(), Path(crt).read_bytes())

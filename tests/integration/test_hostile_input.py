@@ -51,7 +51,10 @@ FORBIDDEN_COMMANDS = {"reboot", "shutdown", "halt", "poweroff", "init", "telinit
 def target(tmp_path_factory, request):
     from daemon_harness import Daemon
 
-    d = Daemon(tmp_path_factory.mktemp("hostile"), {"limits": {"output_cap": "1M"}, "stop_grace": "1s"}).start()
+    # Thousands of starts in a few seconds: quotas are tested in test_governance.py, not here.
+    quotas = {"user": {"starts_per_second": None, "running_jobs": None}, "admin": {"starts_per_second": None, "running_jobs": None}}
+    d = Daemon(tmp_path_factory.mktemp("hostile"), {"limits": {"output_cap": "1M"}, "stop_grace": "1s",
+                                                     "quotas": quotas}).start()
     admin, alice, bob = d.stub("admin", "admin"), d.stub("alice", "user"), d.stub("bob", "user")
     jobs = {}
     for who, stub in (("admin", admin), ("alice", alice)):

@@ -10,6 +10,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class JobView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_VIEW_FULL: _ClassVar[JobView]
+    JOB_VIEW_SUMMARY: _ClassVar[JobView]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -27,6 +32,7 @@ class TerminationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TERMINATION_REASON_OUTPUT_CAPPED: _ClassVar[TerminationReason]
     TERMINATION_REASON_FAILED_TO_START: _ClassVar[TerminationReason]
     TERMINATION_REASON_LOST: _ClassVar[TerminationReason]
+    TERMINATION_REASON_TIMED_OUT: _ClassVar[TerminationReason]
 
 class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +41,8 @@ class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_TYPE_RUNNING: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_STOPPING: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_FINISHED: _ClassVar[JobEventType]
+JOB_VIEW_FULL: JobView
+JOB_VIEW_SUMMARY: JobView
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_STARTING: JobState
 JOB_STATE_RUNNING: JobState
@@ -47,6 +55,7 @@ TERMINATION_REASON_OOM_KILLED: TerminationReason
 TERMINATION_REASON_OUTPUT_CAPPED: TerminationReason
 TERMINATION_REASON_FAILED_TO_START: TerminationReason
 TERMINATION_REASON_LOST: TerminationReason
+TERMINATION_REASON_TIMED_OUT: TerminationReason
 JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
 JOB_EVENT_TYPE_CREATED: JobEventType
 JOB_EVENT_TYPE_RUNNING: JobEventType
@@ -97,14 +106,18 @@ class Limits(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., io_device: _Optional[str] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., io_read_iops: _Optional[int] = ..., io_write_iops: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("name", "command", "limits")
+    __slots__ = ("name", "command", "limits", "timeout_seconds", "idempotency_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     command: Command
     limits: Limits
-    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    timeout_seconds: float
+    idempotency_key: str
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class StopJobRequest(_message.Message):
     __slots__ = ("job_id", "grace_seconds")
@@ -121,16 +134,18 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "running_only", "job_ids")
+    __slots__ = ("page_size", "page_token", "running_only", "job_ids", "view")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RUNNING_ONLY_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     running_only: bool
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., running_only: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    view: JobView
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., running_only: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ..., view: _Optional[_Union[JobView, str]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -185,7 +200,7 @@ class Usage(_message.Message):
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., output_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as")
+    __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as", "timeout_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +216,7 @@ class Job(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RUN_AS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     owner: str
@@ -216,7 +232,8 @@ class Job(_message.Message):
     limits: Limits
     usage: Usage
     run_as: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ...) -> None: ...
+    timeout_seconds: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class WatchJobsRequest(_message.Message):
     __slots__ = ("after_revision",)
