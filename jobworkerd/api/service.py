@@ -60,8 +60,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             repeated = await self._run(self.manager.started_with, identity.name, request.idempotency_key)
             if repeated is not None:
                 return job_to_proto(repeated)
-        with self.quotas.starting(identity):
-            record = await self._run(self.manager.start, spec, identity.name, None, request.idempotency_key)
+        record = await self._run(self.manager.start, spec, identity.name, None, request.idempotency_key,
+                                 lambda: self.quotas.starting(identity))
         return job_to_proto(record)
 
     async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:

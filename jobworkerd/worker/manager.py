@@ -9,6 +9,7 @@ by each job's init, which alone writes the job's output (see the launcher).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import ContextManager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -151,10 +153,11 @@ class JobManager:
         return remove
 
     def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None,
-              idempotency_key: str = "") -> JobRecord:
+              idempotency_key: str = "", admit: Callable[[], ContextManager[object]] | None = None) -> JobRecord:
         """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not.
         With an idempotency key that `owner` used within history.idempotency_window, returns that job
-        instead (a concurrent start with the same key waits for the first)."""
+        instead (a concurrent start with the same key waits for the first). `admit` (the API's quotas)
+        is entered around a start that really happens, not around a repeat."""
         if idempotency_key:
             _check_key(idempotency_key)
         with self._lock:
@@ -169,7 +172,8 @@ class JobManager:
                 earlier = self.started_with(owner, idempotency_key)
                 if earlier is not None:
                     return earlier
-            record = self._start(spec, owner, default_user)
+            with admit() if admit is not None else contextlib.nullcontext():
+                record = self._start(spec, owner, default_user)
             if idempotency_key:
                 self.store.remember_key(owner, idempotency_key, record.id, time.time())
             return record
