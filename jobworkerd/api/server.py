@@ -36,6 +36,7 @@ from ..config import Config, ConfigError, TLSConfig, load_config  # noqa: E402
 from ..errors import JobWorkerError  # noqa: E402
 from ..gen.jobworker.v1 import jobworker_pb2 as pb  # noqa: E402
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc  # noqa: E402
+from ..journal import setup_logging  # noqa: E402
 from ..worker import JobManager  # noqa: E402
 from .service import JobWorkerService  # noqa: E402
 from .status import ErrorInterceptor  # noqa: E402
@@ -125,7 +126,7 @@ def raise_fd_limit() -> int:
 
 
 def serve(config_path: str) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()  # the journal's native protocol under journald, plain text on stderr otherwise
     raise_fd_limit()
     if os.geteuid() != 0:
         print("jobworkerd: serve must run as root (it creates cgroups and namespaces)", file=sys.stderr)
