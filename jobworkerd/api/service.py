@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -19,6 +20,7 @@ from ..authz import Identity, check_access, check_run_as_group, identity_from_au
 from ..config import Config
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from ..metrics import START_LATENCY, STREAM_CLIENTS
 from ..worker import JobManager, JobRecord
 from ..worker.output import aread_output
 from .convert import job_to_proto, page_after, page_size, page_token, spec_from_request
@@ -44,10 +46,12 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         return check_access(identity, await self._run(self.manager.status, job_id))
 
     async def StartJob(self, request: pb.StartJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        received = time.monotonic()
         identity = self._identity(context)
         user = run_as_user(identity, request.command.user, self.config.run_as)
         check_run_as_group(identity, user, request.command.group)
         record = await self._run(self.manager.start, spec_from_request(request, user), identity.name)
+        START_LATENCY.observe(time.monotonic() - received)  # start() returns once the program runs
         return job_to_proto(record)
 
     async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
@@ -77,8 +81,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     ) -> AsyncIterator[pb.OutputChunk]:
         await self._job(self._identity(context), request.job_id)
         source = self.manager.output(request.job_id)
-        async for offset, data in aread_output(source, request.offset, follow=not request.no_follow):
-            yield pb.OutputChunk(data=data, offset=offset)
+        with STREAM_CLIENTS.track_inprogress():
+            async for offset, data in aread_output(source, request.offset, follow=not request.no_follow):
+                yield pb.OutputChunk(data=data, offset=offset)
 
     async def WaitJob(self, request: pb.WaitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         await self._job(self._identity(context), request.job_id)
