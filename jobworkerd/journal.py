@@ -155,5 +155,6 @@ def setup_logging(level: int = logging.INFO, path: str = SOCKET) -> logging.Hand
     root.addHandler(handler)
     root.setLevel(level)
     if unreachable:
-        logging.getLogger("jobworkerd").warning("the journal's socket is unreachable (%s); logging to stderr", unreachable)
+        logging.getLogger("jobworkerd").warning("the journal's socket is unreachable (%s); logging to stderr",
+                                                unreachable)
     return handler

@@ -121,7 +121,8 @@ class JobMetrics(Collector):
         return family
 
     def _per_job(self, running: dict[str, str]) -> Iterator[Metric]:
-        cpu = CounterMetricFamily("jobworkerd_job_cpu_seconds", "CPU time of a running job.", labels=["job_id", "owner"])
+        cpu = CounterMetricFamily("jobworkerd_job_cpu_seconds", "CPU time of a running job.",
+                                  labels=["job_id", "owner"])
         peak = GaugeMetricFamily("jobworkerd_job_memory_peak_bytes", "Peak memory of a running job.",
                                  labels=["job_id", "owner"])
         limit = GaugeMetricFamily("jobworkerd_job_memory_limit_bytes", "Memory limit of a running job (if it has one).",

@@ -149,7 +149,8 @@ def test_user_labels_and_per_job_series_are_bounded_by_the_config(daemon_factory
     s = scrape(d.metrics_url)
     running = {dict(k[1])["user"]: v for k, v in s.items() if k[0] == "jobworkerd_jobs_running"}
     assert running == {"alice": 1, "other": 2}  # alice came first; bob and admin share the bucket
-    per_job = {k: v for k, v in s.items() if k[0].startswith("jobworkerd_job_") and k[0] != "jobworkerd_job_series_omitted"}
+    per_job = {k: v for k, v in s.items()
+               if k[0].startswith("jobworkerd_job_") and k[0] != "jobworkerd_job_series_omitted"}
     assert {dict(k[1])["job_id"] for k in per_job} == {first}
     assert value(s, "jobworkerd_job_memory_limit_bytes", job_id=first, owner="alice") == 64 << 20
     assert value(s, "jobworkerd_job_cpu_seconds_total", job_id=first, owner="alice") >= 0
