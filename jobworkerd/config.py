@@ -7,6 +7,7 @@ so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -93,6 +94,61 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[Any, str], int]:
+    def convert(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return convert
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9464' -> ('127.0.0.1', 9464); '[::1]:9464' -> ('::1', 9464); ValueError otherwise.
+    The host is an IP address or `localhost`: whether it is loopback must not depend on name resolution."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not port.isdigit() or not port.isascii() or int(port) > 65535:
+        raise ValueError("expected host:port with a port from 0 to 65535, e.g. 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+    if host == "localhost":
+        return host, int(port)
+    if not host:
+        raise ValueError("the host is missing: name an address, e.g. 127.0.0.1 (or 0.0.0.0 for every "
+                         "IPv4 interface, served with TLS)")
+    if ":" in host:
+        raise ValueError("write an IPv6 address in brackets, e.g. [::1]:9464")
+    try:
+        return str(ipaddress.IPv4Address(host)), int(port)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address; name an IP address (127.0.0.1, [::1], 0.0.0.0) or "
+                         "localhost, so that whether it is loopback (plain HTTP) or not (TLS) does not depend on "
+                         "name resolution") from None
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def _metrics_listen(value: Any, key: str) -> str:
+    text = _str(value, key)
+    if text:
+        try:
+            split_host_port(text)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}; got {text!r} (\"\" turns metrics off)") from None
+    return text
 
 
 def _choice(*choices: str) -> Callable[[Any, str], str]:
@@ -252,6 +308,40 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # host:port of the Prometheus endpoint; "" turns it off. Plain HTTP on a loopback address; any other
+    # address is served with TLS (tls.cert/tls.key) and requires client certificates from tls.ca.
+    listen: str = "127.0.0.1:9464"
+    # jobworkerd_jobs_running{user=...}: the first max_users owners get a label each, later ones user="other".
+    user_labels: bool = False
+    max_users: int = 20
+    # jobworkerd_job_*{job_id=...} for at most per_job_max running jobs (the longest running).
+    per_job: bool = False
+    per_job_max: int = 50
+
+    _convert = {
+        "listen": _metrics_listen,
+        "user_labels": _bool,
+        "max_users": _int_between(1, 1000),
+        "per_job": _bool,
+        "per_job_max": _int_between(1, 10000),
+    }
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    @property
+    def tls(self) -> bool:
+        """Served with TLS and client certificates: every address but loopback."""
+        return bool(self.listen) and not is_loopback(self.host)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:7443"
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -268,6 +358,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     _convert = {
         "listen": _str,
@@ -283,6 +374,7 @@ class Config:
         "events": lambda v, k: _section(EventsConfig, v, k),
         "quotas": lambda v, k: _section(QuotasConfig, v, k),
         "history": lambda v, k: _section(HistoryConfig, v, k),
+        "metrics": lambda v, k: _section(MetricsConfig, v, k),
     }
 
 

@@ -284,6 +284,10 @@ def jobworkerd_page() -> str:
             "Besides jobworker.v1.JobWorker the daemon serves the standard gRPC health service "
             "(grpc.health.v1.Health) and server reflection, so generic clients need no proto file, e.g. "
             "grpcurl -cacert ca.crt -cert me.crt -key me.key localhost:7443 list.",
+            "With metrics.listen set (127.0.0.1:9464 in the shipped configuration) it serves Prometheus metrics "
+            "there: plain HTTP on loopback, TLS with client certificates from tls.ca on any other address. "
+            "Under journald it logs to the journal natively, with the fields JOB_ID, OWNER and REASON on a "
+            "job's start and end lines, so journalctl JOB_ID=ID finds a job's lines.",
         ),
         ".SH OPTIONS\n",
         "".join(option_item(a) for a in top_options),

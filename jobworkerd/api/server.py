@@ -36,6 +36,8 @@ from ..config import Config, ConfigError, TLSConfig, load_config  # noqa: E402
 from ..errors import JobWorkerError  # noqa: E402
 from ..gen.jobworker.v1 import jobworker_pb2 as pb  # noqa: E402
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc  # noqa: E402
+from ..journal import setup_logging  # noqa: E402
+from ..metrics import DaemonMetrics  # noqa: E402
 from ..worker import JobManager  # noqa: E402
 from .service import JobWorkerService  # noqa: E402
 from .status import ErrorInterceptor  # noqa: E402
@@ -64,7 +66,11 @@ def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
 
 
 async def run_server(config: Config, stop: asyncio.Event) -> None:
-    manager = JobManager(config).open()
+    manager = JobManager(config)
+    metrics = DaemonMetrics(config, manager) if config.metrics.listen else None  # before open: counts "lost"
+    manager.open()
+    if metrics:
+        metrics.opened()
     executor = ThreadPoolExecutor(BLOCKING_CALL_THREADS, thread_name_prefix="rpc")
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
@@ -80,14 +86,19 @@ async def run_server(config: Config, stop: asyncio.Event) -> None:
     reflection.enable_server_reflection(REFLECTED_SERVICES, server)
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
-    except RuntimeError as exc:
+        metrics_url = metrics.serve() if metrics else ""
+    except (RuntimeError, ConfigError) as exc:
         manager.close(grace=0)
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"listen: cannot listen on {config.listen}: {exc}") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{config.listen.rsplit(':', 1)[0]}:{port}"
     log.info("listening on %s (cgroup %s, run dir %s, state %s)", address, manager.backend.version, config.run_dir, config.state_dir)
+    if metrics_url:
+        log.info("metrics listening on %s", metrics_url)
     sdnotify.notify(f"READY=1\nSTATUS=listening on {address}")
 
     await stop.wait()
@@ -97,6 +108,8 @@ async def run_server(config: Config, stop: asyncio.Event) -> None:
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.get_running_loop().run_in_executor(None, manager.close)
     await server.stop(grace=1.0)
+    if metrics:
+        metrics.close()
     executor.shutdown(wait=False)
     log.info("stopped")
 
@@ -125,7 +138,7 @@ def raise_fd_limit() -> int:
 
 
 def serve(config_path: str) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()  # the journal's native protocol under journald, plain text on stderr otherwise
     raise_fd_limit()
     if os.geteuid() != 0:
         print("jobworkerd: serve must run as root (it creates cgroups and namespaces)", file=sys.stderr)

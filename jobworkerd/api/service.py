@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -20,6 +21,7 @@ from ..config import Config
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from ..errors import ResourceExhausted
+from ..metrics import START_LATENCY, STREAM_CLIENTS
 from ..worker import JobManager, JobRecord
 from ..worker.events import JobEvent
 from ..worker.output import aread_output
@@ -50,6 +52,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         return check_access(identity, await self._run(self.manager.status, job_id))
 
     async def StartJob(self, request: pb.StartJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        received = time.monotonic()
         identity = self._identity(context)
         user = run_as_user(identity, request.command.user, self.config.run_as)
         check_run_as_group(identity, user, request.command.group)
@@ -62,6 +65,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 return job_to_proto(repeated)
         record = await self._run(self.manager.start, spec, identity.name, None, request.idempotency_key,
                                  lambda: self.quotas.starting(identity))
+        START_LATENCY.observe(time.monotonic() - received)  # start() returns once the program runs
         return job_to_proto(record)
 
     async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
@@ -100,7 +104,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     ) -> AsyncIterator[pb.OutputChunk]:
         identity = self._identity(context)
         await self._job(identity, request.job_id)
-        with self.quotas.holding(identity, "streams"):
+        with self.quotas.holding(identity, "streams"), STREAM_CLIENTS.track_inprogress():
             source = self.manager.output(request.job_id)
             async for offset, data in aread_output(source, request.offset, follow=not request.no_follow):
                 yield pb.OutputChunk(data=data, offset=offset)

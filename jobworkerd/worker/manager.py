@@ -241,7 +241,8 @@ class JobManager:
             # so the RUNNING record can never overwrite a FINISHED one (nor its event follow the end's).
             self._store_and_announce(record)
         os.write(self._wake_w, b"x")
-        log.info("job %s started for %r as %s: %s (limits %s)", job_id, owner, resolved.user, resolved.program, resolved.limits)
+        log.info("job %s started for %r as %s: %s (limits %s)", job_id, owner, resolved.user, resolved.program, resolved.limits,
+                 extra={"JOB_ID": job_id, "OWNER": owner})
         return record
 
     def stop(self, job_id: str, grace: float | None = None) -> JobRecord:
@@ -465,7 +466,8 @@ class JobManager:
             self._changed(running.record)
             running.finished.set()
             del self._running[job_id]
-        log.info("job %s finished: %s (exit %s, signal %s) %s", job_id, reason.value, exit_code, sig, message)
+        log.info("job %s finished: %s (exit %s, signal %s) %s", job_id, reason.value, exit_code, sig, message,
+                 extra={"JOB_ID": job_id, "OWNER": running.record.owner, "REASON": reason.value})
         self.hub.notify(running.output_path)
         for callback in running.on_finish:
             callback()

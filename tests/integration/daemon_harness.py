@@ -44,6 +44,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self._channels: list = []
         self.addr = ""
+        self.metrics_url = ""  # http://127.0.0.1:PORT/metrics (https:// off loopback), "" with metrics off
         if not (self.ca_dir / "ca.crt").exists():
             run_ca("init", "--dir", str(self.ca_dir))
             run_ca("issue", "--dir", str(self.ca_dir), "--server", "--host", "127.0.0.1", "--host", "localhost",
@@ -55,12 +56,15 @@ class Daemon:
             "run_dir": str(self.run_dir),
             "cgroup": {"subtree": self.subtree},
             "stop_grace": "5s",
+            # Many daemons run at once: each one's metrics endpoint on a port of its own (see metrics_url)
+            "metrics": {"listen": "127.0.0.1:0"},
         }
         for key, value in (config or {}).items():
             if isinstance(value, dict) and isinstance(settings.get(key), dict):
                 settings[key] = {**settings[key], **value}
             else:
                 settings[key] = value
+        self.metrics_on = bool((settings.get("metrics") or {}).get("listen"))
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
 
@@ -72,9 +76,11 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log.read_bytes()[offset:].decode(errors="replace")
-            match = re.search(r"listening on (\S+)", text)
-            if match:
+            match = re.search(r"(?<!metrics )listening on (\S+)", text)
+            metrics = re.search(r"metrics listening on (\S+)", text)  # logged right after the line above
+            if match and (metrics or not self.metrics_on):
                 self.addr = match.group(1)
+                self.metrics_url = metrics.group(1) if metrics else ""
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{text}")

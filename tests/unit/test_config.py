@@ -211,3 +211,88 @@ def test_the_shipped_default_config_loads_and_equals_the_built_in_defaults():
     if not path.exists():
         pytest.skip("config/config.yaml is not in this checkout")
     assert load_config(str(path)) == Config()
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------
+
+
+def test_metrics_defaults_listen_on_loopback_without_user_or_per_job_series():
+    metrics = Config().metrics
+    assert metrics.listen == "127.0.0.1:9464"
+    assert (metrics.host, metrics.port, metrics.tls) == ("127.0.0.1", 9464, False)
+    assert metrics.user_labels is False and metrics.per_job is False
+    assert metrics.max_users == 20 and metrics.per_job_max == 50
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port", "tls"),
+    [
+        ("127.0.0.1:0", "127.0.0.1", 0, False),  # any free port (the test harness)
+        ("127.8.9.10:9464", "127.8.9.10", 9464, False),  # all of 127.0.0.0/8 is loopback
+        ("localhost:9464", "localhost", 9464, False),
+        ("[::1]:9464", "::1", 9464, False),
+        ("0.0.0.0:9464", "0.0.0.0", 9464, True),  # every interface: TLS
+        ("192.0.2.7:65535", "192.0.2.7", 65535, True),
+        ("[::]:9464", "::", 9464, True),
+    ],
+)
+def test_metrics_listen_addresses_and_whether_they_need_tls(listen, host, port, tls):
+    metrics = config_from_dict({"metrics": {"listen": listen}}).metrics
+    assert (metrics.host, metrics.port, metrics.tls) == (host, port, tls)
+
+
+def test_metrics_listen_empty_turns_the_endpoint_off():
+    metrics = config_from_dict({"metrics": {"listen": ""}}).metrics
+    assert metrics.listen == "" and metrics.tls is False
+
+
+@pytest.mark.parametrize(
+    ("listen", "fragments"),
+    [
+        ("9464", ["expected host:port", "e.g. 127.0.0.1:9464"]),
+        ("127.0.0.1", ["expected host:port"]),
+        ("127.0.0.1:", ["expected host:port"]),
+        ("127.0.0.1:65536", ["port from 0 to 65535"]),
+        ("127.0.0.1:-1", ["expected host:port"]),
+        ("127.0.0.1:٩٤٦٤", ["expected host:port"]),  # digits, but not ASCII ones
+        (":9464", ["the host is missing", "0.0.0.0"]),
+        ("metrics.example.org:9464", ["'metrics.example.org' is not an IP address", "name resolution"]),
+        ("::1:9464", ["IPv6 address in brackets", "[::1]:9464"]),
+        ("[::zz]:9464", ["[::zz] is not an IPv6 address"]),
+        ("127.0.0.256:9464", ["'127.0.0.256' is not an IP address"]),
+    ],
+)
+def test_a_bad_metrics_listen_value_is_an_error_saying_what_is_accepted(listen, fragments):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"metrics": {"listen": listen}})
+    message = str(info.value)
+    assert message.startswith("metrics.listen: ") and repr(listen) in message and '"" turns metrics off' in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragments"),
+    [
+        ({"listen": 9464}, ["metrics.listen:", "expected a string"]),
+        ({"user_labels": "yes"}, ["metrics.user_labels:", "true or false", "'yes'"]),
+        ({"per_job": 1}, ["metrics.per_job:", "true or false"]),
+        ({"max_users": 0}, ["metrics.max_users:", "from 1 to 1000", "0"]),
+        ({"max_users": 1001}, ["metrics.max_users:", "from 1 to 1000"]),
+        ({"max_users": True}, ["metrics.max_users:", "whole number"]),
+        ({"per_job_max": 2.5}, ["metrics.per_job_max:", "from 1 to 10000", "2.5"]),
+        ({"per_job_max": 10001}, ["metrics.per_job_max:", "from 1 to 10000"]),
+        ({"lisen": "127.0.0.1:1"}, ["unknown config key 'metrics.lisen'"]),
+    ],
+)
+def test_metrics_keys_are_validated(data, fragments):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"metrics": data})
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_metrics_options_are_read():
+    metrics = config_from_dict({"metrics": {"user_labels": True, "max_users": 5, "per_job": True, "per_job_max": 7}}).metrics
+    assert (metrics.user_labels, metrics.max_users, metrics.per_job, metrics.per_job_max) == (True, 5, True, 7)
+    assert metrics.listen == "127.0.0.1:9464"  # the rest of the section keeps its defaults

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
+import urllib.request
 
 SHARE = "/mnt/host"
 OUT = os.path.join(SHARE, "out")
@@ -277,6 +278,103 @@ def check_bash_completion() -> dict:
     return {"commands": sorted(commands), "ids_offered": len(ids), "attempts": attempt + 1, "seconds": took}
 
 
+# ---- metrics and the journal (registered in main) -------------------------------------------------
+
+METRICS_URL = "http://127.0.0.1:9464/metrics"  # the shipped config's metrics.listen
+METRIC_TYPES = {
+    "jobworkerd_jobs_started_total": "counter",
+    "jobworkerd_jobs_running": "gauge",
+    "jobworkerd_jobs_finished_total": "counter",
+    "jobworkerd_start_latency_seconds": "histogram",
+    "jobworkerd_output_bytes_total": "counter",
+    "jobworkerd_stream_clients": "gauge",
+    "process_cpu_seconds_total": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+}
+
+
+def scrape() -> str:
+    with urllib.request.urlopen(METRICS_URL, timeout=30) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample line `name{labels} value` of a scrape."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == wanted:
+            return float(value)
+    raise AssertionError(f"no sample {wanted} in the scrape")
+
+
+def tcp_listeners(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp{,6} writes them) listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in read(table).splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].rpartition(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":
+                found.append(address)
+    return found
+
+
+def check_metrics_endpoint() -> dict:
+    """After apt install, the shipped config's endpoint answers on 127.0.0.1:9464 (and only there) with the
+    series, and a job run through jobctl moves the counters by one."""
+    before = scrape()
+    missing = [n for n, kind in METRIC_TYPES.items() if f"# TYPE {n} {kind}" not in before]
+    if missing:
+        raise AssertionError(f"series missing from {METRICS_URL}: {missing}\n{before[:3000]}")
+    listeners = tcp_listeners(9464)
+    if listeners != ["0100007F"]:  # 127.0.0.1, and no wildcard or other address
+        raise AssertionError(f"port 9464 listens on {listeners}, not on 127.0.0.1 alone")
+    counts = lambda text: (metric(text, "jobworkerd_jobs_started_total"),  # noqa: E731
+                           metric(text, "jobworkerd_jobs_finished_total", 'reason="exited"'),
+                           metric(text, "jobworkerd_start_latency_seconds_count"))
+    started, exited, starts_timed = counts(before)
+    must(["jobctl", "run", "--", "true"])
+    after = wait_for("the job counted as finished", lambda: (t := scrape()) and counts(t)[1] == exited + 1 and t, 30)
+    detail = {"before": [started, exited, starts_timed], "after": list(counts(after)),
+              "running": metric(after, "jobworkerd_jobs_running"), "listeners": listeners,
+              "process_resident_memory_bytes": metric(after, "process_resident_memory_bytes")}
+    if counts(after) != (started + 1, exited + 1, starts_timed + 1):
+        raise AssertionError(f"one job did not move started, finished{{exited}} and the latency count by one: {detail}")
+    return detail
+
+
+def check_journal_fields() -> dict:
+    """The daemon logs to journald natively: `journalctl -u jobworkerd JOB_ID=<id>` finds a job's start
+    and end lines, with OWNER and REASON."""
+    job_id = start("--name", "journal-fields", "--", "sh", "-c", "exit 3")
+    if sh(["jobctl", "wait", job_id], timeout=120).returncode != 3:
+        raise AssertionError(f"jobctl wait {job_id} did not exit 3")
+    owner = status(job_id)["owner"]
+
+    def entries():
+        must(["journalctl", "--sync"])
+        out = must(["journalctl", "-u", "jobworkerd", f"JOB_ID={job_id}", "-o", "json", "--no-pager"])
+        found = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return found if len(found) >= 2 else None
+
+    found = wait_for(f"two journal entries with JOB_ID={job_id}", entries, 30, 1)
+    keys = ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "JOB_ID", "OWNER", "REASON", "_SYSTEMD_UNIT")
+    detail = {"entries": [{k: e.get(k) for k in keys} for e in found]}
+    begin, end = found[0], found[-1]
+    if len(found) != 2 or not begin["MESSAGE"].startswith(f"job {job_id} started for {owner!r}") or \
+            not end["MESSAGE"].startswith(f"job {job_id} finished: exited (exit 3"):
+        raise AssertionError(f"not the job's start and end lines: {detail}")
+    for entry in found:
+        if (entry.get("OWNER"), entry.get("SYSLOG_IDENTIFIER"), entry.get("PRIORITY"), entry.get("_SYSTEMD_UNIT")) != \
+                (owner, "jobworkerd", "6", SERVICE):
+            raise AssertionError(f"fields OWNER, SYSLOG_IDENTIFIER, PRIORITY, _SYSTEMD_UNIT wrong: {detail}")
+    if end.get("REASON") != "exited" or "REASON" in begin:
+        raise AssertionError(f"REASON=exited belongs on the end line only: {detail}")
+    return detail
+
+
 # ---- the checks ----------------------------------------------------------------------------------
 
 
@@ -368,6 +466,8 @@ def main() -> int:
 
     check("man-pages", needs=("install",))(check_man_pages)
     check("bash-completion", needs=("first-job",))(check_bash_completion)
+    check("metrics-endpoint", needs=("first-job",))(check_metrics_endpoint)
+    check("journal-fields", needs=("first-job",))(check_journal_fields)
 
     @check("transcript-limited-job", needs=("first-job",))
     def _():

@@ -38,6 +38,8 @@ CHECKS = [
     "containment",
     "man-pages",
     "bash-completion",
+    "metrics-endpoint",
+    "journal-fields",
     "transcript-limited-job",
     "delegation-placement",
     "memory-oom-killed",
