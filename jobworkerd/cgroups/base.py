@@ -145,6 +145,10 @@ class CgroupBackend(abc.ABC):
     def job_ids(self) -> list[str]:
         """Job cgroups that exist now (for reconciliation after a crash)."""
 
+    def bounds_swap(self, job_id: str) -> bool:
+        """Whether the job's memory limit also bounds its swap (the kernel accounts swap per cgroup)."""
+        return True
+
     @abc.abstractmethod
     def teardown(self) -> None:
         """Remove the jobs directory (and subtree) if they are empty; called at clean shutdown."""

@@ -154,6 +154,9 @@ class V1Backend(CgroupBackend):
             pids=pids,
         )
 
+    def bounds_swap(self, job_id: str) -> bool:
+        return os.path.exists(self._file("memory", job_id, "memory.memsw.limit_in_bytes"))
+
     def remove(self, job_id: str) -> None:
         for controller in self.controllers:
             remove_dir(self._path(controller, job_id))

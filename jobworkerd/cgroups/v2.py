@@ -161,6 +161,9 @@ class V2Backend(CgroupBackend):
             pids=int(pids) if pids.isdigit() else 0,
         )
 
+    def bounds_swap(self, job_id: str) -> bool:
+        return os.path.exists(self._file(job_id, "memory.swap.max"))
+
     def remove(self, job_id: str) -> None:
         remove_dir(self._path(job_id))
 

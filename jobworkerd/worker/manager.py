@@ -10,6 +10,7 @@ by each job's init, which alone writes the job's output (see the launcher).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ log = logging.getLogger("jobworkerd.jobs")
 MAX_GRACE = 3600.0
 MAX_LISTED_IDS = 1000
 MAX_KEY = 128
+UNSTORED_RETRY = 5.0  # seconds between attempts to store what the store refused
 KILL_SETTLE = 5.0  # after SIGKILL, how long the init may take to be reported gone
 MONITOR_COALESCE = 0.002  # at most one inotify dispatch per 2 ms, however fast jobs write
 SWEEP_INTERVAL = 60.0  # how often finished jobs' output is checked against output_retention
@@ -82,6 +84,8 @@ class JobManager:
         self._starts_in_flight = 0
         self._starts_done = threading.Condition(self._lock)
         self._keys_in_flight: set[tuple[str, str]] = set()
+        self._unstored: dict[str, JobRecord] = {}  # state changes the store could not take yet
+        self._unstored_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
         # Ending a job can wait (processes in uninterruptible I/O die slowly); never in the monitor thread,
         # which must keep waking followers and noticing other jobs' ends.
@@ -206,8 +210,9 @@ class JobManager:
             raise ResourceExhausted(f"cannot create the output file in {job_dir}: {exc.strerror}") from exc
         try:
             self.store.put(record)
-        except Exception:
+        except Exception:  # nothing runs yet: leave nothing behind either
             os.close(output_fd)
+            shutil.rmtree(job_dir, ignore_errors=True)
             raise
         self._changed(record)
         try:
@@ -215,7 +220,13 @@ class JobManager:
         except Exception as exc:
             os.close(output_fd)
             self._store_and_announce(self._failed(record, f"cannot create the job's cgroup: {exc}"))
+            if isinstance(exc, OSError) and exc.errno in (errno.EINVAL, errno.ERANGE, errno.EOVERFLOW):
+                raise InvalidArgument(f"the kernel refused a limit of this job ({os.path.basename(exc.filename or '')}: "
+                                      f"{exc.strerror}); ask for a value this kernel accepts") from exc
             raise
+        if resolved.limits.memory is not None and not self.backend.bounds_swap(job_id):
+            record = record.evolve(message="the memory limit does not bound swap: this kernel has no swap accounting "
+                                           "for cgroups (memsw / memory.swap.max), so the job may swap beyond it")
         try:
             plan = LaunchPlan(self.backend.join_files(job_id), exit_file, self.config.limits.output_cap,
                               self.hidden_paths)
@@ -296,7 +307,7 @@ class JobManager:
             running = self._running.get(job_id)
         if running is not None and not running.finished.is_set():
             return self._live(running)
-        record = self.store.get(job_id)
+        record = self._unstored.get(job_id) or self.store.get(job_id)
         if record is None:
             raise NotFound(f"no job with id {job_id!r}")
         return record
@@ -315,10 +326,11 @@ class JobManager:
         with self._lock:
             running = dict(self._running)
         if not running_only and not job_ids:
-            records = self.store.list(owner, after, limit)
+            records = [self._unstored.get(r.id, r) for r in self.store.list(owner, after, limit)]
             return [self._live(running[r.id]) if r.id in running else r for r in records]
         if job_ids:
-            found = [running[i].record if i in running else self.store.get(i) for i in dict.fromkeys(job_ids)]
+            found = [running[i].record if i in running else self._unstored.get(i) or self.store.get(i)
+                     for i in dict.fromkeys(job_ids)]
             records = [r for r in found if r is not None]
         else:
             records = [r.record for r in running.values()]
@@ -459,11 +471,7 @@ class JobManager:
                 finished_at=time.time(),
                 usage=usage,
             )
-            try:
-                self.store.put(running.record)
-            except Exception:  # e.g. state directory full: waiters and followers must still see the end
-                log.exception("job %s: its end could not be stored (the next start reconciles it)", job_id)
-            self._changed(running.record)
+            self._store_and_announce(running.record)  # kept in memory if the store cannot take it
             running.finished.set()
             del self._running[job_id]
         log.info("job %s finished: %s (exit %s, signal %s) %s", job_id, reason.value, exit_code, sig, message,
@@ -537,8 +545,37 @@ class JobManager:
                 "to the cap")
 
     def _store_and_announce(self, record: JobRecord) -> None:
-        self.store.put(record)
+        self._persist(record)
         self._changed(record)
+
+    def _persist(self, record: JobRecord) -> None:
+        """Store a state change; if the store cannot take it (state directory full, disk error), keep it in
+        memory, answer from memory, and retry until it is stored: a job's end is never lost or misreported."""
+        with self._unstored_lock:
+            try:
+                self.store.put(record)
+                self._unstored.pop(record.id, None)  # a newer state is stored: an older one kept must not follow
+                return
+            except Exception as exc:
+                first, error = not self._unstored, exc
+                self._unstored[record.id] = record
+        log.error("job %s: its %s state could not be stored (%s); kept in memory, retried every %.0fs",
+                  record.id, record.state.value, error, UNSTORED_RETRY)
+        if first:
+            self.timers.call_later(UNSTORED_RETRY, self._retry_unstored)
+
+    def _retry_unstored(self) -> None:
+        with self._unstored_lock:
+            for job_id, record in list(self._unstored.items()):
+                try:
+                    self.store.put(record)
+                except Exception:
+                    continue
+                del self._unstored[job_id]
+                log.info("job %s: its %s state is stored now", job_id, record.state.value)
+            left = bool(self._unstored)
+        if left and not self._closing:
+            self.timers.call_later(UNSTORED_RETRY, self._retry_unstored)
 
     def _changed(self, record: JobRecord) -> None:
         for callback in list(self._listeners):
@@ -552,39 +589,45 @@ class JobManager:
             state=JobState.FINISHED, reason=Reason.FAILED_TO_START, message=message, finished_at=time.time()
         )
 
-    def reconcile(self) -> None:
+    def reconcile(self) -> list[str]:
         """After a crash: jobs recorded as unfinished are ended (killed if still running) and recorded
-        truthfully; job cgroups nobody recorded are killed and removed. See README 'Restarts'."""
+        truthfully; job cgroups nobody recorded are killed and removed. See README 'Restarts'. One job that
+        cannot be reconciled (unkillable, its cgroup not removable) does not keep the daemon from starting:
+        it is logged and returned, and the others are reconciled."""
         unfinished = {r.id: r for r in self.store.unfinished()}
-        for job_id in set(self.backend.job_ids()) | set(unfinished):
-            was_running = bool(self.backend.pids(job_id)) if job_id in self.backend.job_ids() else False
-            usage = None
-            if job_id in self.backend.job_ids():
-                self.backend.kill(job_id)
-                usage = self.backend.usage(job_id)
-                self.backend.remove(job_id)
-            record = unfinished.get(job_id)
-            if record is None:
-                continue
+        failed = []
+        for job_id in sorted(set(self.backend.job_ids()) | set(unfinished)):
+            try:
+                self._reconcile_one(job_id, unfinished.get(job_id))
+            except Exception as exc:
+                failed.append(job_id)
+                log.error("job %s: cannot reconcile it after the daemon's restart: %s", job_id, exc)
+        if failed:
+            log.error("%d job(s) could not be reconciled and may still hold processes or cgroups: %s",
+                      len(failed), " ".join(failed))
+        return failed
+
+    def _reconcile_one(self, job_id: str, record: JobRecord | None) -> None:
+        has_cgroup = job_id in self.backend.job_ids()
+        was_running = bool(self.backend.pids(job_id)) if has_cgroup else False
+        usage = None
+        if has_cgroup:
+            self.backend.kill(job_id)
+            usage = self.backend.usage(job_id)
+        if record is not None:
             exit_file = os.path.join(self.jobs_dir, job_id, "exit")
             exit_code, sig, verdict = read_exit_file(exit_file)
-            reason, message = classify_recovered(
-                record, was_running, exit_code, sig, usage.oom_kills if usage else 0
-            )
+            reason, message = classify_recovered(record, was_running, exit_code, sig, usage.oom_kills if usage else 0)
             if verdict and not was_running:
                 reason, message = Reason.OUTPUT_CAPPED, self._capped_message(verdict) + "; while the daemon was down"
             output_bytes = _size(os.path.join(self.jobs_dir, job_id, "output"))
-            self.store.put(
-                record.evolve(
-                    state=JobState.FINISHED,
-                    reason=reason,
-                    message=message,
-                    exit_code=exit_code,
-                    signal=sig,
-                    finished_at=time.time(),
-                    usage=replace(usage or record.usage, output_bytes=output_bytes, memory_bytes=0, pids=0),
-                )
-            )
+            self._persist(record.evolve(
+                state=JobState.FINISHED, reason=reason, message=message, exit_code=exit_code, signal=sig,
+                finished_at=time.time(),
+                usage=replace(usage or record.usage, output_bytes=output_bytes, memory_bytes=0, pids=0),
+            ))
+        if has_cgroup:
+            self.backend.remove(job_id)
 
 
 def _check_key(key: str) -> None:

@@ -21,7 +21,9 @@ MAX_ARGV_BYTES = 1 << 20  # the kernel's own limit is ~2 MiB for argv+env togeth
 MAX_ENV_BYTES = 512 << 10
 MAX_LIMIT_INT = (1 << 62)
 MIN_MEMORY = 4 << 20  # the job's init (a small Python process) and the program need some room
-MIN_PIDS = 2  # the init and the program
+MIN_PIDS = 1  # the program alone (the job's init is outside the job's cgroup)
+MIN_CPU = 0.01  # cores: a CFS quota of 1 ms per 100 ms period
+MAX_IOPS = (1 << 32) - 1
 
 
 def _text(value: str, what: str, *, allow_empty: bool = True, max_len: int | None = None) -> str:
@@ -51,6 +53,9 @@ def check_limits(limits: Limits, config: LimitsConfig) -> Limits:
         raise InvalidArgument(f"cpu must be a positive number of cores (e.g. 0.5), got {cpu}")
     if cpu is not None and cpu > 1 << 20:
         raise InvalidArgument(f"cpu {cpu} cores is not a real number of cores")
+    if cpu is not None and cpu < MIN_CPU:
+        raise InvalidArgument(f"cpu must be at least {MIN_CPU} cores (the kernel's smallest CFS quota is 1 ms per "
+                              f"100 ms period), got {cpu}")
     if memory is not None and not MIN_MEMORY <= memory <= MAX_LIMIT_INT:
         raise InvalidArgument(f"memory must be between {MIN_MEMORY >> 20}M and {MAX_LIMIT_INT} bytes, got {memory}")
     if pids is not None and not MIN_PIDS <= pids <= 1 << 22:
@@ -59,6 +64,9 @@ def check_limits(limits: Limits, config: LimitsConfig) -> Limits:
         value = getattr(limits, name)
         if value is not None and not 1 <= value <= MAX_LIMIT_INT:
             raise InvalidArgument(f"{name.replace('_', '-')} must be a positive number, got {value}")
+        if value is not None and name.endswith("iops") and value > MAX_IOPS:
+            raise InvalidArgument(f"{name.replace('_', '-')} must be at most {MAX_IOPS} (the kernel keeps iops in 32 "
+                                  f"bits and would silently take more as no limit), got {value}")
     maximum = config.max
     for what, value, cap in (("cpu", cpu, maximum.cpu), ("memory", memory, maximum.memory), ("pids", pids, maximum.pids)):
         if cap is not None and (value is None or value > cap):

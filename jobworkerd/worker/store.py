@@ -35,10 +35,14 @@ class JobStore:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.path = os.path.join(state_dir, "jobs.sqlite3")
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = self._connect()
         self._db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     def put(self, record: JobRecord) -> None:
         data = json.dumps(record.to_dict(), separators=(",", ":"))
@@ -50,9 +54,19 @@ class JobStore:
                     (record.id, record.owner, record.created_at, record.state.value, data),
                 )
         except sqlite3.OperationalError as exc:
-            if "full" in str(exc):
+            self._reconnect()  # after a full disk (an I/O error on the WAL index) the old connection may stay broken
+            if "full" in str(exc) or _disk_full(self.path):
                 raise ResourceExhausted(f"state directory is full; cannot record job {record.id}") from exc
             raise InternalError(f"job store {self.path}: {exc}") from exc
+
+    def _reconnect(self) -> None:
+        with self._lock:
+            try:
+                fresh = self._connect()
+            except sqlite3.Error:
+                return  # still unusable: the next write tries again
+            self._db.close()
+            self._db = fresh
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -119,3 +133,11 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _disk_full(path: str) -> bool:
+    try:
+        st = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 << 10

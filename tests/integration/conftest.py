@@ -23,9 +23,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_output_tmpfs_left(tmp_path_factory):
-    """Daemons mount a tmpfs for their output that outlives them by design; none outlives the tests.
-    Also those a killed earlier session left beneath pytest's older temporary directories."""
-    unmount_output_tmpfs(tmp_path_factory.getbasetemp().parent)
+    """Daemons mount a tmpfs for their output that outlives them by design; none outlives the tests. (Not
+    those under other sessions' directories: another test session may be running on this machine.)"""
     yield
     unmount_output_tmpfs(tmp_path_factory.getbasetemp())
 

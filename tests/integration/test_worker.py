@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from jobworkerd.config import config_from_dict
-from jobworkerd.errors import FailedPrecondition, InvalidArgument, NotFound, StartFailed
+from jobworkerd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StartFailed
 from jobworkerd.worker import JobManager, JobSpec, JobState, Limits, Reason
 from jobworkerd.worker.output import aread_output, read_output
 
@@ -160,8 +160,8 @@ def make_manager(tmp_path):
     the subtree may be left in any hierarchy."""
     made: list[JobManager] = []
 
-    def make(**overrides) -> JobManager:
-        m = JobManager(make_config(tmp_path, **overrides)).open()
+    def make(store=None, **overrides) -> JobManager:
+        m = JobManager(make_config(tmp_path, **overrides), store=store).open()
         made.append(m)
         return m
 
@@ -916,3 +916,71 @@ def test_a_newline_in_a_failure_detail_stays_in_its_message(manager, tmp_path):
         manager.start(JobSpec("/bin/true", directory=str(directory), user="nobody"))
     assert info.value.step == "chdir" and "two\\nlines" in info.value.message, info.value.message
     assert "Permission denied (EACCES)" in info.value.message
+
+
+@pytest.fixture
+def small_state(tmp_path):
+    """A state directory on a 4 MiB tmpfs that the test can fill (a full disk for the job store)."""
+    mount_point = tmp_path / "state-fs"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=0700", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_a_job_end_the_store_cannot_take_is_kept_in_memory_and_stored_later(make_manager, small_state):
+    m = make_manager(state_dir=str(small_state / "state"))
+    go = small_state.parent / "go"
+    job = m.start(JobSpec("sh", ("-c", f"while [ ! -e {go} ]; do sleep 0.05; done; exit 5")))
+    filler = fill(small_state)
+    go.touch()
+    ended = m.wait(job.id, DEADLINE)
+    assert (ended.state, ended.exit_code) == (JobState.FINISHED, 5)  # from memory: the store refused it
+    assert m.store.get(job.id).state is JobState.RUNNING
+    assert [r.state for r in m.list() if r.id == job.id] == [JobState.FINISHED]
+    filler.unlink()
+    wait_until(lambda: m.store.get(job.id).state is JobState.FINISHED, what="the end to be stored on a retry")
+    assert m.store.get(job.id).exit_code == 5
+
+
+def test_a_start_the_store_cannot_record_leaves_nothing_behind(make_manager, small_state):
+    m = make_manager(state_dir=str(small_state / "state"))
+    fill(small_state)
+    arg = unique_seconds()
+    with pytest.raises(ResourceExhausted, match="state directory is full"):
+        m.start(JobSpec("/bin/sleep", (arg,)))
+    assert host_processes_with_arg(arg) == [] and m.backend.job_ids() == [] and os.listdir(m.jobs_dir) == []
+
+
+def test_reconcile_goes_on_when_a_job_cannot_be_recorded_and_the_daemon_starts(make_manager, small_state):
+    first = make_manager(state_dir=str(small_state / "state"))
+    arg = unique_seconds()
+    record = first.start(JobSpec("/bin/sleep", (arg,)))
+    first._closing = True  # abandoned without closing, as a crash leaves it
+    os.write(first._wake_w, b"x")
+    first._monitor.join()
+    first.forkserver.close()
+    first.store.close()
+    first.hub.close()
+    from jobworkerd.worker.store import JobStore
+
+    store = JobStore(str(small_state / "state"))  # the store opens; then the disk is full
+    filler = fill(small_state)
+    second = make_manager(state_dir=str(small_state / "state"), store=store)  # reconciles with a full state dir
+    assert host_processes_with_arg(arg) == [] and second.backend.job_ids() == []
+    assert second.status(record.id).reason is Reason.LOST  # recorded in memory meanwhile
+    filler.unlink()
+    wait_until(lambda: second.store.get(record.id).state is JobState.FINISHED, what="the reconciled end stored")

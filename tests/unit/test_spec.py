@@ -187,10 +187,28 @@ def test_memory_minimum_itself_is_accepted():
     assert ok(JobSpec("true", limits=Limits(memory=MIN_MEMORY))).limits.memory == MIN_MEMORY
 
 
-@pytest.mark.parametrize("pids", [0, 1, -1, (1 << 22) + 1])
+@pytest.mark.parametrize("pids", [0, -1, (1 << 22) + 1])
 def test_pids_out_of_range(pids):
     message = refused(InvalidArgument, JobSpec("true", limits=Limits(pids=pids)))
-    assert message == f"pids must be between 2 and {1 << 22}, got {pids}"
+    assert message == f"pids must be between 1 and {1 << 22}, got {pids}"
+
+
+def test_one_pid_is_enough_for_the_program_alone():
+    # The job's init is not in the job's cgroup: the program is the cgroup's first process.
+    assert ok(JobSpec("true", limits=Limits(pids=1))).limits.pids == 1
+
+
+def test_a_cpu_quota_below_the_kernels_floor_is_refused_not_clamped():
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(cpu=0.005)))
+    assert "at least 0.01 cores" in message and "0.005" in message
+    assert ok(JobSpec("true", limits=Limits(cpu=0.01))).limits.cpu == 0.01
+
+
+@pytest.mark.parametrize("name", ["io_read_iops", "io_write_iops"])
+def test_iops_above_32_bits_are_refused_not_silently_unlimited(name):
+    io = Limits(**{name: 1 << 32}, io_device="/")
+    message = refused(InvalidArgument, JobSpec("true", limits=io))
+    assert f"at most {(1 << 32) - 1}" in message
 
 
 @pytest.mark.parametrize("name", ["io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"])
