@@ -49,7 +49,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         identity = self._identity(context)
         user = run_as_user(identity, request.command.user, self.config.run_as)
         check_run_as_group(identity, user, request.command.group)
-        record = await self._run(self.manager.start, spec_from_request(request, user), identity.name)
+        record = await self._run(self.manager.start, spec_from_request(request, user), identity.owner)
         return job_to_proto(record)
 
     async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
