@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ROLES = ("admin", "user")
+# No user's CN begins with this: it names admins' jobs (worker.models.ADMIN_OWNER_PREFIX, which a unit test
+# holds equal), and the daemon refuses such user certificates.
+RESERVED_USER_PREFIX = "admin:"
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 CERT_MODE = 0o644
@@ -91,6 +94,9 @@ def issue_client(ca_dir: str | os.PathLike[str], name: str, role: str, out_prefi
         raise CAError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     if not name:
         raise CAError("a client certificate needs --name (the user name it identifies)")
+    if role == "user" and name.startswith(RESERVED_USER_PREFIX):
+        raise CAError(f"a user's name may not begin with {RESERVED_USER_PREFIX!r}: that names admins' jobs, "
+                      "and the daemon refuses such a user certificate")
     subject = _name(name, role)
     eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
     return _issue(ca_dir, subject, [eku], out_prefix, _validity(days, not_before, not_after))

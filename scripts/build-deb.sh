@@ -24,7 +24,7 @@ if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
     | tar --null -T - -cf - | tar -xf - -C "$SRC"
 else
-  tar --exclude=./.git --exclude=./.venv --exclude=./dist --exclude=./build --exclude='*.egg-info' \
+  tar --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./dist --exclude=./build --exclude='*.egg-info' \
       --exclude=__pycache__ -cf - . | tar -xf - -C "$SRC"
 fi
 rm -rf "$SRC/debian"

@@ -6,5 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The keepalive tests drive a grpc-js client (tests/integration/grpcjs/, installed by npm on first use).
+command -v node >/dev/null && command -v npm >/dev/null || scripts/apt-need.sh test nodejs npm
 .venv/bin/python scripts/gen_proto.py --check
 exec .venv/bin/python -m pytest -ra "$@"

@@ -38,11 +38,11 @@ class Quotas:
     def holding(self, identity: Identity, what: str) -> Iterator[None]:
         """One stream or wait for the time of the `with`; RESOURCE_EXHAUSTED if the client holds its quota."""
         limit = getattr(self.of(identity), what)
-        key = (identity.name, what)
+        key = (identity.owner, what)
         with self._lock:
             used = self._held.get(key, 0)
             if limit is not None and used >= limit:
-                raise ResourceExhausted(f"quota {what} is {limit} for {identity.name!r}, who has {used} open; "
+                raise ResourceExhausted(f"quota {what} is {limit} for {identity.owner!r}, who has {used} open; "
                                         f"close one first (config quotas)")
             self._held[key] = used + 1
         try:
@@ -59,7 +59,7 @@ class Quotas:
     def starting(self, identity: Identity) -> Iterator[None]:
         """Admit one start: within the start rate and the running-jobs quota (counting starts under way)."""
         quotas = self.of(identity)
-        name = identity.name
+        name = identity.owner  # as jobs are owned: an admin and a user of one CN are two clients
         with self._lock:
             self._take_token(name, quotas)
             starting = self._held.get((name, "starting"), 0)

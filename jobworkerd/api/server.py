@@ -39,6 +39,7 @@ from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc  # noqa: E402
 from ..journal import setup_logging  # noqa: E402
 from ..metrics import DaemonMetrics  # noqa: E402
 from ..worker import JobManager  # noqa: E402
+from . import keepalive  # noqa: E402
 from .service import JobWorkerService  # noqa: E402
 from .status import ErrorInterceptor  # noqa: E402
 
@@ -78,6 +79,7 @@ async def run_server(config: Config, stop: asyncio.Event) -> None:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", 16 << 20),
             ("grpc.so_reuseport", 0),
+            *keepalive.SERVER_OPTIONS,  # accepts Go's and Java's pings; reaps peers that vanish
         ],
     )
     pb_grpc.add_JobWorkerServicer_to_server(JobWorkerService(manager, config, executor), server)

@@ -60,10 +60,10 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                                           else None)
         spec = spec_from_request(request, user, timeout)
         if request.idempotency_key:
-            repeated = await self._run(self.manager.started_with, identity.name, request.idempotency_key)
+            repeated = await self._run(self.manager.started_with, identity.owner, request.idempotency_key)
             if repeated is not None:
                 return job_to_proto(repeated)
-        record = await self._run(self.manager.start, spec, identity.name, None, request.idempotency_key,
+        record = await self._run(self.manager.start, spec, identity.owner, None, request.idempotency_key,
                                  lambda: self.quotas.starting(identity))
         START_LATENCY.observe(time.monotonic() - received)  # start() returns once the program runs
         return job_to_proto(record)

@@ -1,4 +1,9 @@
-"""Who is calling: the verified TLS client certificate's CN is the user name, its OU the role."""
+"""Who is calling: the verified TLS client certificate's CN is the user name, its OU the role.
+
+Jobs belong to the name *and* the role (Identity.owner): a user's jobs to its CN, an admin's to "admin:"
+and its CN. A user certificate whose CN begins with "admin:" is refused, so it can never own, see or
+control an admin's jobs by its name.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..errors import Unauthenticated
+from ..worker.models import ADMIN_OWNER_PREFIX
 
 
 class Role(str, enum.Enum):
@@ -25,6 +31,11 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    @property
+    def owner(self) -> str:
+        """The owner of the jobs it starts (JobRecord.owner): an admin "alice" and a user "alice" are two."""
+        return ADMIN_OWNER_PREFIX + self.name if self.is_admin else self.name
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,7 +56,13 @@ def identity_from_pem(pem: bytes) -> Identity:
             f"the client certificate of {name!r} carries no role: its OU must be 'admin' or 'user' "
             "(issue one with `jobworkerd ca issue --role ...`)"
         )
-    return Identity(name, Role(roles.pop()))
+    role = Role(roles.pop())
+    if role is Role.USER and name.startswith(ADMIN_OWNER_PREFIX):
+        raise Unauthenticated(
+            f"the user certificate of {name!r} is refused: a user's CN may not begin with "
+            f"{ADMIN_OWNER_PREFIX!r}, which names admins' jobs (issue it under another name)"
+        )
+    return Identity(name, role)
 
 
 def identity_from_auth_context(auth_context: dict[str, list[bytes]]) -> Identity:

@@ -1,7 +1,8 @@
 """Who may do what. Pure functions of the caller's identity, the job and the config.
 
 - A user sees and controls only the jobs it started; another user's job behaves as not found,
-  so its existence is not revealed. An admin sees and controls all jobs.
+  so its existence is not revealed. An admin sees and controls all jobs. Ownership is by name and role
+  (Identity.owner): a user never sees the jobs of an admin with the same CN.
 - Run-as: an admin may name any user (default: run_as.admin_default_user). Anyone else may name
   only a user in run_as.allowed_users (default: run_as.default_user), and never one with UID 0.
 """
@@ -19,7 +20,7 @@ from .identity import Identity
 
 
 def may_access(identity: Identity, record: JobRecord) -> bool:
-    return identity.is_admin or record.owner == identity.name
+    return identity.is_admin or record.owner == identity.owner
 
 
 def check_access(identity: Identity, record: JobRecord) -> JobRecord:
@@ -29,8 +30,8 @@ def check_access(identity: Identity, record: JobRecord) -> JobRecord:
 
 
 def list_owner(identity: Identity) -> str | None:
-    """Whose jobs a listing shows: None (all) for admins."""
-    return None if identity.is_admin else identity.name
+    """Whose jobs a listing (or an event stream) shows: None (all) for admins."""
+    return None if identity.is_admin else identity.owner
 
 
 def run_as_user(identity: Identity, requested: str, policy: RunAsConfig) -> str:

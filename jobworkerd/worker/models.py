@@ -7,6 +7,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
+# Who owns a job (JobRecord.owner): a user's jobs are owned by its certificate's CN ("alice"), an admin's by
+# this prefix and its CN ("admin:alice"), so that an admin and a user with the same CN are two owners. No
+# user's CN may begin with the prefix (authz refuses such certificates). Records of store schema 0 used the
+# bare CN for both roles (store.py qualifies the admins' among them).
+ADMIN_OWNER_PREFIX = "admin:"
+
+
 class JobState(str, enum.Enum):
     """Where a job is in its life. Only FINISHED is final."""
 
@@ -106,7 +113,7 @@ class JobRecord:
     """Everything known about a job; what status() returns and the store keeps."""
 
     id: str
-    owner: str
+    owner: str  # the CN of a user, ADMIN_OWNER_PREFIX + the CN of an admin
     spec: JobSpec
     limits: Limits
     state: JobState = JobState.STARTING

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import sqlite3
 import threading
 
 from ..errors import InternalError, ResourceExhausted
-from .models import JobRecord, JobState
+from .models import ADMIN_OWNER_PREFIX, JobRecord, JobState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -28,6 +29,8 @@ CREATE TABLE IF NOT EXISTS start_keys (
     PRIMARY KEY (owner, key)
 );
 """
+# PRAGMA user_version. 1: owners are qualified by role (models.ADMIN_OWNER_PREFIX). 0: the bare CN for both.
+SCHEMA_VERSION = 1
 
 
 class JobStore:
@@ -37,6 +40,30 @@ class JobStore:
         self._lock = threading.Lock()
         self._db = self._connect()
         self._db.executescript(SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Schema 0 -> 1, once: a job that ran as UID 0 was an admin's (users never could run as root), so it
+        goes to "admin:" + its CN. The rest stay their CN's, i.e. the user's: a record of schema 0 cannot
+        tell an admin's job run as another user from that user's (docs/SECURITY.md, section 1)."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT id, owner, record FROM jobs").fetchall()
+                for job_id, owner, text in rows:
+                    data = json.loads(text)
+                    if owner.startswith(ADMIN_OWNER_PREFIX) or not _runs_as_root(data["spec"].get("user", "")):
+                        continue
+                    data["owner"] = ADMIN_OWNER_PREFIX + owner
+                    self._db.execute("UPDATE jobs SET owner = ?, record = ? WHERE id = ?",
+                                     (data["owner"], json.dumps(data, separators=(",", ":")), job_id))
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -141,3 +168,12 @@ def _disk_full(path: str) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 64 << 10
+
+
+def _runs_as_root(user: str) -> bool:
+    if user.isascii() and user.isdigit():
+        return int(user) == 0
+    try:
+        return pwd.getpwnam(user).pw_uid == 0
+    except KeyError:
+        return False

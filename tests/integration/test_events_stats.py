@@ -185,7 +185,7 @@ def test_jobctl_events_prints_a_line_or_a_json_object_per_event(daemon):
         lines[output] = got
     text = lines["text"]
     assert text[0].split()[:5] == [str(created.revision), text[0].split()[1], "created", job.id, "evented"]
-    assert text[2].split()[2:] == ["finished", job.id, "evented", "admin", "exited", "(exit", "code", "7)"], text
+    assert text[2].split()[2:] == ["finished", job.id, "evented", "admin:admin", "exited", "(exit", "code", "7)"], text
     objects = [json.loads(line) for line in lines["json"]]
     assert [o["type"] for o in objects] == ["created", "running", "finished"]
     assert objects[2]["job"]["exit_code"] == 7 and objects[2]["revision"] == created.revision + 2

@@ -126,7 +126,7 @@ def test_detached_run_then_status_ls_logs_wait(daemon):
     record = status(daemon, job_id)
     assert record["id"] == job_id and record["state"] == "finished" and record["reason"] == "exited"
     assert record["exit_code"] == 7 and record["signal"] is None
-    assert record["owner"] == "admin" and record["command"]["command"] == "sh"
+    assert record["owner"] == "admin:admin" and record["command"]["command"] == "sh"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", record["finished_at"])
     text = daemon.jobctl("status", job_id)
     assert text.returncode == 0 and b"finished (exited, exit code 7)" in text.stdout

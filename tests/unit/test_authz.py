@@ -6,7 +6,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from jobworkerd.authz import Identity, Role, check_access, identity_from_auth_context, list_owner, run_as_user
+from jobworkerd.authz import (
+    Identity, Role, check_access, identity_from_auth_context, list_owner, may_access, run_as_user,
+)
 from jobworkerd.config import RunAsConfig
 from jobworkerd.errors import NotFound, PermissionDenied, Unauthenticated
 from jobworkerd.worker.models import JobRecord, JobSpec, Limits
@@ -84,3 +86,48 @@ def test_bad_identities(attributes, message):
 def test_no_certificate():
     with pytest.raises(Unauthenticated, match="no client certificate"):
         identity_from_auth_context({})
+
+
+# -- ownership is by name and role --------------------------------------------------------------------------------
+
+ALICE_ADMIN = Identity("alice", Role.ADMIN)
+
+
+def test_an_admin_and_a_user_with_the_same_cn_are_two_owners():
+    assert ALICE.owner == "alice"
+    assert ALICE_ADMIN.owner == "admin:alice"
+    assert list_owner(ALICE) == "alice"  # a user's listing and events: its own jobs only
+
+
+def test_a_user_never_sees_the_jobs_of_an_admin_with_its_cn():
+    admins_job = record(ALICE_ADMIN.owner)
+    with pytest.raises(NotFound, match="no job with id '0123456789ab'"):  # as for an id that does not exist
+        check_access(ALICE, admins_job)
+    assert not may_access(ALICE, admins_job)
+    assert may_access(ALICE, record(ALICE.owner))
+
+
+def test_admins_still_see_every_job():
+    for owner in ("alice", "admin:alice", "admin:root", "bob"):
+        assert may_access(ALICE_ADMIN, record(owner))
+        assert may_access(ADMIN, record(owner))
+
+
+def test_a_user_certificate_whose_cn_takes_the_admin_prefix_is_refused():
+    cert = pem([x509.NameAttribute(NameOID.COMMON_NAME, "admin:alice"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "user")])
+    with pytest.raises(Unauthenticated, match="may not begin with 'admin:'"):
+        identity_from_auth_context({"x509_pem_cert": [cert]})
+    # Other CNs with a colon, or that merely resemble it, are ordinary users; an admin may be called anything.
+    for name in ("Admin:alice", "alice:admin", "admin", "administrator"):
+        cert = pem([x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "user")])
+        assert identity_from_auth_context({"x509_pem_cert": [cert]}).owner == name
+    cert = pem([x509.NameAttribute(NameOID.COMMON_NAME, "admin:x"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin")])
+    assert identity_from_auth_context({"x509_pem_cert": [cert]}).owner == "admin:admin:x"
+
+
+def test_the_ca_and_the_daemon_reserve_the_same_prefix():
+    from jobworkerd import ca
+    from jobworkerd.worker.models import ADMIN_OWNER_PREFIX
+
+    assert ca.RESERVED_USER_PREFIX == ADMIN_OWNER_PREFIX

@@ -109,6 +109,13 @@ def test_client_cert_chains_to_the_ca_and_names_user_and_role(ca_dir: Path, tmp_
     assert (_mode(written.cert), _mode(written.key)) == (0o644, 0o600)
 
 
+def test_a_user_name_that_takes_the_admin_owner_prefix_is_not_issued(ca_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ca.CAError, match="may not begin with 'admin:'"):
+        ca.issue_client(ca_dir, "admin:alice", "user", tmp_path / "eve")
+    assert not list(tmp_path.glob("eve*"))
+    assert ca.issue_client(ca_dir, "admin:alice", "admin", tmp_path / "odd-admin").cert.exists()
+
+
 def test_server_cert_lists_dns_names_and_ip_addresses(ca_dir: Path, tmp_path: Path) -> None:
     hosts = ["localhost", "127.0.0.1", "::1", "jobs.example.com"]
     written = ca.issue_server(ca_dir, hosts, tmp_path / "server")

@@ -1,5 +1,6 @@
 """JobStore: job records in SQLite, surviving a reopen."""
 
+import dataclasses
 import os
 import stat
 import threading
@@ -142,3 +143,64 @@ def test_list_pages_oldest_first_without_gaps_or_repeats(tmp_path):
     assert seen == [f"{i:012x}" for i in range(7)]
     assert [r.id for r in store.list(owner="a", after=(100.0, "000000000000"), limit=10)] == \
         ["000000000001", "000000000003", "000000000005"]
+
+
+# -- schema 0 -> 1: owners qualified by role --------------------------------------------------------------------
+
+def schema0_store(state_dir, records):
+    """A store as a daemon before schema 1 left it: owners are bare CNs, user_version 0."""
+    import json
+    import sqlite3
+
+    from jobworkerd.worker.store import SCHEMA
+
+    os.makedirs(state_dir, mode=0o700)
+    db = sqlite3.connect(os.path.join(state_dir, "jobs.sqlite3"), isolation_level=None)
+    db.executescript(SCHEMA)
+    for r in records:
+        db.execute("INSERT INTO jobs (id, owner, created_at, state, record) VALUES (?, ?, ?, ?, ?)",
+                   (r.id, r.owner, r.created_at, r.state.value, json.dumps(r.to_dict())))
+    db.close()
+
+
+def as_user(r, user):
+    return r.evolve(spec=dataclasses.replace(r.spec, user=user))
+
+
+def test_schema0_jobs_that_ran_as_root_become_the_admins_and_the_rest_stay_the_users(tmp_path):
+    state = str(tmp_path / "state")
+    schema0_store(state, [
+        as_user(record("aaaaaaaaaaaa", owner="alice", created_at=1.0), "root"),    # only an admin could
+        as_user(record("bbbbbbbbbbbb", owner="alice", created_at=2.0), "nobody"),  # either: stays the user's
+        as_user(record("cccccccccccc", owner="bob", created_at=3.0), "0"),         # UID 0 by number
+        as_user(record("dddddddddddd", owner="alice", created_at=4.0), "no-such-user-here"),
+    ])
+    s = JobStore(state)
+    try:
+        assert s.get("aaaaaaaaaaaa").owner == "admin:alice"
+        assert s.get("cccccccccccc").owner == "admin:bob"
+        assert [r.id for r in s.list(owner="alice")] == ["bbbbbbbbbbbb", "dddddddddddd"]
+        assert [r.id for r in s.list(owner="admin:alice")] == ["aaaaaaaaaaaa"]
+        assert s.get("aaaaaaaaaaaa").spec.user == "root"  # nothing else of the record changed
+        assert len(s.list()) == 4
+        # Once: what is stored from now on is already qualified and is not touched again.
+        s.put(as_user(record("eeeeeeeeeeee", owner="carol", created_at=5.0), "root"))
+    finally:
+        s.close()
+    s = JobStore(state)
+    try:
+        assert s.get("eeeeeeeeeeee").owner == "carol"
+        assert s.get("aaaaaaaaaaaa").owner == "admin:alice"
+    finally:
+        s.close()
+
+
+def test_a_new_store_starts_at_schema_1(tmp_path):
+    import sqlite3
+
+    from jobworkerd.worker.store import SCHEMA_VERSION
+
+    JobStore(str(tmp_path / "state")).close()
+    db = sqlite3.connect(str(tmp_path / "state" / "jobs.sqlite3"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    db.close()
