@@ -20,7 +20,7 @@ from ..config import Config
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from ..errors import ResourceExhausted
-from ..worker import JobManager, JobRecord
+from ..worker import JobGroup, JobManager, JobRecord
 from ..worker.events import JobEvent
 from ..worker.output import aread_output
 from .convert import event_to_proto, job_to_proto, page_after, page_size, page_token, spec_from_request
@@ -49,7 +49,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         identity = self._identity(context)
         user = run_as_user(identity, request.command.user, self.config.run_as)
         check_run_as_group(identity, user, request.command.group)
-        record = await self._run(self.manager.start, spec_from_request(request, user), identity.name)
+        start = functools.partial(self.manager.start, group=JobGroup.of(identity.name, identity.is_admin))
+        record = await self._run(start, spec_from_request(request, user), identity.name)
         return job_to_proto(record)
 
     async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from ..cgroups import CgroupBackend, detect
 from ..config import Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
-from .models import JobRecord, JobSpec, JobState, Reason
+from .models import ADMIN_GROUP, JobGroup, JobRecord, JobSpec, JobState, Reason
 from .events import EventLog
 from .output import OutputHub, OutputSource
 from .process import ForkServer, ForkServerUnavailable, LaunchPlan, launch
@@ -143,20 +143,23 @@ class JobManager:
 
         return remove
 
-    def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None) -> JobRecord:
-        """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not."""
+    def start(
+        self, spec: JobSpec, owner: str = "", default_user: str | None = None, *, group: JobGroup = ADMIN_GROUP
+    ) -> JobRecord:
+        """Validate, create the cgroup (in `group`'s, under its configured ceilings), launch. Returns once the
+        program runs; StartFailed if it could not."""
         with self._lock:
             if not self._accepting:
                 raise FailedPrecondition("the daemon is shutting down; no new jobs are started")
             self._starts_in_flight += 1
         try:
-            return self._start(spec, owner, default_user)
+            return self._start(spec, owner, default_user, group)
         finally:
             with self._lock:
                 self._starts_in_flight -= 1
                 self._starts_done.notify_all()
 
-    def _start(self, spec: JobSpec, owner: str, default_user: str | None) -> JobRecord:
+    def _start(self, spec: JobSpec, owner: str, default_user: str | None, group: JobGroup) -> JobRecord:
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
         self.run_dir.check_room()
         job_id = uuid.uuid4().hex[:12]
@@ -177,7 +180,7 @@ class JobManager:
             raise
         self._changed(record)
         try:
-            self.backend.create(job_id, resolved.limits, resolved.io_target)
+            self.backend.create(job_id, resolved.limits, resolved.io_target, group, self.config.limits.ceiling(group))
         except Exception as exc:
             os.close(output_fd)
             self._store_and_announce(self._failed(record, f"cannot create the job's cgroup: {exc}"))
