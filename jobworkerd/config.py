@@ -173,7 +173,7 @@ def _user_ceilings(value: Any, key: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path}: expected a mapping with cpu, memory, pids, got {ceilings!r}")
         for field_name in ceilings:
             if field_name not in CeilingValues._convert:
-                raise ConfigError(f"unknown config key {path}.{field_name!r} (known here: cpu, memory, pids)")
+                raise ConfigError(f"unknown config key '{path}.{field_name}' (known here: cpu, memory, pids)")
         users[name] = {k: CeilingValues._convert[k](v, f"{path}.{k}") for k, v in ceilings.items()}
     return users
 
