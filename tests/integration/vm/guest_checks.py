@@ -357,6 +357,7 @@ def main() -> int:
     def _():
         # Root's jobs (admin) live in jobs/admin/<id>: the group enables the controllers for its jobs,
         # holds the shipped config's limits.admins ceilings and no process, and goes with its last job.
+        # A user-role client's (alice's) job lives in jobs/user-alice/<id>, under limits.per_user.
         group = os.path.join(JOBS_CG, "admin")
         leftover = os.path.isdir(group)  # first-job's group must already be gone
         job_id = start("--name", "grouped", "--", "sleep", "600")
@@ -376,6 +377,30 @@ def main() -> int:
         job = stop(job_id, grace="1")
         gone = wait_for(f"{group} removed", lambda: not os.path.exists(group), 30)
         detail["group_removed_after_stop"] = gone
+        # and a user-role client's job (run as nobody) in jobs/user-alice, under limits.per_user
+        must(["jobworkerd", "ca", "issue", "--dir", "/etc/jobworkerd/tls", "--name", "alice", "--role", "user",
+              "--out", "/root/alice"])
+        alice = ["--cert", "/root/alice.crt", "--key", "/root/alice.key"]
+        user_id = must(["jobctl", *alice, "run", "-d", "--", "sleep", "600"]).strip().splitlines()[-1]
+        user_cg = wait_running(user_id)
+        user_group = os.path.join(JOBS_CG, "user-alice")
+        user_shipped = {k: shipped_ceiling("per_user", k) for k in ("cpu", "memory", "pids")}
+        user = {"job_cgroup": user_cg, "shipped_per_user": user_shipped,
+                "subtree_control": read(os.path.join(user_group, "cgroup.subtree_control")).split(),
+                "memory.max": read(os.path.join(user_group, "memory.max")).strip(),
+                "pids.max": read(os.path.join(user_group, "pids.max")).strip(),
+                "cpu.max": read(os.path.join(user_group, "cpu.max")).strip()}
+        must(["jobctl", *alice, "stop", "--grace", "1", user_id], timeout=120)
+        user["group_removed_after_stop"] = wait_for(f"{user_group} removed", lambda: not os.path.exists(user_group), 30)
+        detail["user"] = user
+        if user_cg != os.path.join(user_group, user_id) or not {"cpu", "io", "memory", "pids"} <= set(user["subtree_control"]):
+            raise AssertionError(f"a user's job is not in jobs/user-<name>/<id> with the controllers enabled: {detail}")
+        if user_shipped != {"cpu": "null", "memory": "50%", "pids": "4096"}:
+            raise AssertionError(f"this check knows the shipped limits.per_user of cpu null, memory 50%, pids 4096: {detail}")
+        want_user_memory = mem_total * 50 // 100 // page * page
+        if (abs(int(user["memory.max"]) - want_user_memory) > page or user["pids.max"] != "4096"
+                or cpu_max_cores(user["cpu.max"]) is not None):
+            raise AssertionError(f"the user group's ceilings are not the shipped 50% of RAM and 4096 pids: {detail}")
         if cg != os.path.join(JOBS_CG, "admin", job_id) or inside != f"0::/system.slice/jobworkerd.service/jobs/admin/{job_id}":
             raise AssertionError(f"the job is not in jobs/admin/<id>: {detail}")
         if not {"cpu", "io", "memory", "pids"} <= set(detail["subtree_control"]) or detail["group_procs"]:
