@@ -16,6 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from .units import parse_duration, parse_size
+from .worker.models import JobGroup, Limits
 
 DEFAULT_CONFIG_PATH = "/etc/jobworkerd/config.yaml"
 
@@ -66,6 +67,21 @@ def _size_or_percent(value: Any, key: str) -> str:
     if size < 1 << 20:
         raise ConfigError(f"{key}: at least 1M, got {value!r}")
     return str(size)
+
+
+def _ram_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _size_or_share_of_ram(value: Any, key: str) -> int:
+    """A size (4G), or a share of this machine's RAM ("50%") resolved to bytes (whole pages) at load."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1]
+        if not number.isdigit() or not 0 < int(number) <= 100:
+            raise ConfigError(f"{key}: a share of RAM must be a whole percentage from 1% to 100%, got {value!r}")
+        page = os.sysconf("SC_PAGE_SIZE")
+        return _ram_bytes() * int(number) // 100 // page * page
+    return _size(value, key)
 
 
 MAX_STOP_GRACE = 3600.0  # JobManager.stop refuses longer grace periods
@@ -172,7 +188,7 @@ class TLSConfig:
 @dataclass(frozen=True)
 class CgroupConfig:
     version: str = "auto"  # auto | v1 | v2
-    # Jobs live in <own cgroup>/<subtree>/jobs/<id>. Empty under systemd (the unit's cgroup is ours).
+    # Jobs live in <own cgroup>/<subtree>/jobs/<group>/<id>. Empty under systemd (the unit's cgroup is ours).
     subtree: str = ""
 
     _convert = {"version": _choice("auto", "v1", "v2"), "subtree": _str}
@@ -188,6 +204,37 @@ class LimitValues:
 
 
 @dataclass(frozen=True)
+class CeilingValues:
+    """What all the jobs of one group (a user's, or the admins') may use together; None = no ceiling."""
+
+    cpu: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+
+    _convert = {"cpu": _opt(_positive_float), "memory": _opt(_size_or_share_of_ram), "pids": _opt(_positive_int)}
+
+
+def _user_ceilings(value: Any, key: str) -> dict[str, dict[str, Any]]:
+    """limits.users: {NAME: {cpu, memory, pids}}; each key given replaces limits.per_user's (null = none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of user names to ceilings, got {value!r}")
+    users: dict[str, dict[str, Any]] = {}
+    for name, ceilings in value.items():
+        path = f"{key}.{name}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{key}: user names are certificate CNs (non-empty strings), got {name!r}")
+        if not isinstance(ceilings, dict):
+            raise ConfigError(f"{path}: expected a mapping with cpu, memory, pids, got {ceilings!r}")
+        for field_name in ceilings:
+            if field_name not in CeilingValues._convert:
+                raise ConfigError(f"unknown config key '{path}.{field_name}' (known here: cpu, memory, pids)")
+        users[name] = {k: CeilingValues._convert[k](v, f"{path}.{k}") for k, v in ceilings.items()}
+    return users
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     # A job that names no pids limit gets this one, so a fork bomb is contained by default.
     default: LimitValues = field(default_factory=lambda: LimitValues(pids=1024))
@@ -195,13 +242,26 @@ class LimitsConfig:
     output_cap: int = 256 << 20  # bytes of output kept per job; the job is killed when it writes more
     # All jobs' output together: the size of the run directory's own tmpfs (bytes, or "N%" of RAM).
     output_total: str = "25%"
+    # Ceilings of each user's jobs together (the group jobs/user-<name>), of all admins' jobs together
+    # (jobs/admin), and per-user overrides of per_user.
+    per_user: CeilingValues = field(default_factory=lambda: CeilingValues(memory=_size_or_share_of_ram("50%", ""), pids=4096))
+    admins: CeilingValues = field(default_factory=lambda: CeilingValues(memory=_size_or_share_of_ram("90%", "")))
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     _convert = {
         "default": lambda v, k: _section(LimitValues, v, k),
         "max": lambda v, k: _section(LimitValues, v, k),
         "output_cap": _size,
         "output_total": lambda v, k: _size_or_percent(v, k),
+        "per_user": lambda v, k: _section(CeilingValues, v, k),
+        "admins": lambda v, k: _section(CeilingValues, v, k),
+        "users": _user_ceilings,
     }
+
+    def ceiling(self, group: JobGroup) -> Limits:
+        """The ceilings of a job group: limits.admins, or limits.per_user with the user's overrides."""
+        values = self.admins if group.admin else dataclasses.replace(self.per_user, **self.users.get(group.name, {}))
+        return Limits(cpu=values.cpu, memory=values.memory, pids=values.pids)
 
 
 @dataclass(frozen=True)

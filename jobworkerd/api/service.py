@@ -22,7 +22,7 @@ from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..gen.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from ..errors import ResourceExhausted
 from ..metrics import START_LATENCY, STREAM_CLIENTS
-from ..worker import JobManager, JobRecord
+from ..worker import JobGroup, JobManager, JobRecord
 from ..worker.events import JobEvent
 from ..worker.output import aread_output
 from .quotas import Quotas
@@ -63,7 +63,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             repeated = await self._run(self.manager.started_with, identity.owner, request.idempotency_key)
             if repeated is not None:
                 return job_to_proto(repeated)
-        record = await self._run(self.manager.start, spec, identity.owner, None, request.idempotency_key,
+        start = functools.partial(self.manager.start, group=JobGroup.of(identity.name, identity.is_admin))
+        record = await self._run(start, spec, identity.owner, None, request.idempotency_key,
                                  lambda: self.quotas.starting(identity))
         START_LATENCY.observe(time.monotonic() - received)  # start() returns once the program runs
         return job_to_proto(record)

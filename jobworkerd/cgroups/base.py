@@ -1,20 +1,31 @@
 """The one interface both cgroup backends implement, and the one helper every cgroup write goes through.
 
-Layout (both versions): every job cgroup lives at <own cgroup>/<subtree>/jobs/<job id>, where <own cgroup>
-is the cgroup this process was started in (read from /proc/self/cgroup). Nothing is ever created
-elsewhere in the machine's tree.
+Layout (both versions): every job cgroup lives at <own cgroup>/<subtree>/jobs/<group>/<job id>, where
+<own cgroup> is the cgroup this process was started in (read from /proc/self/cgroup) and <group> is the
+job's group (groups.py: `admin`, or `user-<name>`), which carries the group's ceilings and holds no
+processes of its own. Nothing is ever created elsewhere in the machine's tree.
+
+Groups are made by the first create() of a group and removed by the remove() that empties them. Both
+run under one lock, so a job being created in a group is never left without its parent by another job
+of the same group ending at that moment. Callers name a job by its id alone: the backend remembers
+each job's group (and rebuilds that map from the tree in setup() and job_ids()).
 """
 
 from __future__ import annotations
 
 import abc
 import errno
+import logging
 import os
 import signal
+import threading
 import time
 
 from ..errors import InternalError, InvalidArgument
-from ..worker.models import IOTarget, Limits, Usage
+from ..worker.models import ADMIN_GROUP, IOTarget, JobGroup, Limits, Usage
+from .groups import group_dir, is_job_id
+
+log = logging.getLogger("jobworkerd.cgroups")
 
 JOBS_DIR = "jobs"
 CFS_PERIOD_US = 100_000
@@ -76,6 +87,13 @@ def remove_dir(path: str) -> None:
     raise InternalError(f"cannot remove cgroup {path}: still busy")
 
 
+def _subdirs(path: str) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
 def signal_pids(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -85,32 +103,147 @@ def signal_pids(pids: list[int], sig: int) -> None:
 
 
 class CgroupBackend(abc.ABC):
-    """One job = one cgroup (v2) or one node per controller (v1). All methods take the job id."""
+    """One job = one cgroup (v2) or one node per controller (v1), inside its group's. All methods but
+    create take the job id alone."""
 
     version: str
 
+    def __init__(self) -> None:
+        self._group_of: dict[str, str] = {}  # job id -> its group's directory name ("" for the old flat layout)
+        self._ceilings: dict[str, Limits] = {}  # group directory name -> the ceilings last written to it
+        self._layout = threading.RLock()  # makes and removes groups, and job directories inside them
+
     @abc.abstractmethod
     def setup(self) -> None:
-        """Create <own>/<subtree>/jobs (and on v2 enable controllers). Called once at start."""
+        """Create <own>/<subtree>/jobs (and on v2 enable controllers), learn the jobs that exist and remove
+        empty groups. Called once at start."""
 
-    def create(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
-        """Create the job's cgroup with its limits applied, before anything runs in it. All or nothing."""
+    def create(
+        self, job_id: str, limits: Limits, io_target: IOTarget | None, group: JobGroup = ADMIN_GROUP,
+        group_limits: Limits | None = None,
+    ) -> None:
+        """Create the job's cgroup inside its group's with its limits applied, before anything runs in it.
+        The group is made if it does not exist, and its ceilings (`group_limits`: cpu, memory, pids; None
+        = no ceiling) written when it is new or they differ from those last written. All or nothing."""
         self.check_limits(limits, io_target)
-        directories = self._job_dirs(job_id)
-        for path in directories:
-            if os.path.exists(path):
-                raise InternalError(f"cgroup {path} already exists: job ids must be unique")
+        name = group_dir(group)
+        directories = self._dirs(os.path.join(name, job_id))
+        with self._layout:
+            for path in directories:
+                if job_id in self._group_of or os.path.exists(path):
+                    raise InternalError(f"cgroup {path} already exists: job ids must be unique")
+            self._ensure_group(name, group_limits or Limits())
+            self._group_of[job_id] = name
+            try:
+                for path in directories:
+                    os.mkdir(path)
+                self._apply(job_id, limits, io_target)
+            except Exception:
+                self.remove(job_id)
+                raise
+
+    def _ensure_group(self, name: str, ceilings: Limits) -> None:
+        """Make the group's directories that are missing and bring its ceilings up to date."""
+        directories = self._dirs(name)
+        made = []
         try:
             for path in directories:
-                os.mkdir(path)
-            self._apply(job_id, limits, io_target)
+                if not os.path.isdir(path):
+                    os.mkdir(path)
+                    made.append(path)
+            if made:
+                self._init_group(name)
+            # Fresh directories hold the kernel's defaults (no ceiling); after a restart, or when only some
+            # hierarchies were made afresh, what they hold is unknown: everything is written.
+            previous = Limits() if len(made) == len(directories) else None if made else self._ceilings.get(name)
+            if previous != ceilings:
+                self._ceilings.pop(name, None)
+                self._write_ceilings(name, ceilings, previous)
+            self._ceilings[name] = ceilings
         except Exception:
-            self.remove(job_id)
+            if made and name not in self._group_of.values():
+                self._remove_group(name)
             raise
 
-    @abc.abstractmethod
+    def _remove_group(self, name: str) -> bool:
+        """rmdir the group in every hierarchy; False if it is in use (a job in it) or cannot go."""
+        self._ceilings.pop(name, None)
+        for path in self._dirs(name):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    log.warning("cannot remove the job group cgroup %s: %s", path, exc.strerror)
+                return False  # EBUSY/ENOTEMPTY: a job is in it again
+        return True
+
+    def _sweep_groups(self) -> None:
+        """Remove every group that holds no job (left by a crash, or at shutdown)."""
+        with self._layout:
+            self.job_ids()
+            used = set(self._group_of.values())
+            for name in self._group_names():
+                if name not in used:
+                    self._remove_group(name)
+
+    def _rel(self, job_id: str) -> str:
+        """A job's directory, relative to the jobs directory."""
+        group = self._group_of.get(job_id, "")
+        return os.path.join(group, job_id) if group else job_id
+
+    def _scan(self) -> dict[str, str]:
+        """Jobs in the tree now: job id -> group directory name ("" for the old layout, jobs/<id>)."""
+        found: dict[str, str] = {}
+        for jobs_dir in self._jobs_dirs():
+            for entry in _subdirs(jobs_dir):
+                if is_job_id(entry):
+                    found.setdefault(entry, "")
+                else:
+                    for job_id in _subdirs(os.path.join(jobs_dir, entry)):
+                        if is_job_id(job_id):
+                            found[job_id] = entry
+        return found
+
+    def _group_names(self) -> set[str]:
+        return {e for d in self._jobs_dirs() for e in _subdirs(d) if not is_job_id(e)}
+
+    def job_ids(self) -> list[str]:
+        """Job cgroups that exist now, in groups and in the old flat layout (for reconciliation)."""
+        found = self._scan()
+        with self._layout:
+            self._group_of.update(found)
+        return sorted(found)
+
+    def remove(self, job_id: str) -> None:
+        """Remove the job's (empty) cgroup, and its group once no job is left in it; missing is fine."""
+        for path in self._job_dirs(job_id):
+            remove_dir(path)
+        with self._layout:
+            name = self._group_of.pop(job_id, "")
+            if name and name not in self._group_of.values():
+                self._remove_group(name)
+
     def _job_dirs(self, job_id: str) -> list[str]:
         """The directories that make up one job's cgroup (one per hierarchy on v1)."""
+        return self._dirs(self._rel(job_id))
+
+    @abc.abstractmethod
+    def _jobs_dirs(self) -> list[str]:
+        """The jobs directory in each hierarchy."""
+
+    @abc.abstractmethod
+    def _dirs(self, rel: str) -> list[str]:
+        """A path relative to the jobs directory, in each hierarchy."""
+
+    @abc.abstractmethod
+    def _init_group(self, name: str) -> None:
+        """Prepare a freshly made group for jobs (v2: enable controllers; v1: hierarchical memory)."""
+
+    @abc.abstractmethod
+    def _write_ceilings(self, name: str, ceilings: Limits, previous: Limits | None) -> None:
+        """Write the group's ceilings that differ from `previous` (all of them if None); None = no ceiling."""
 
     @abc.abstractmethod
     def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
@@ -137,21 +270,14 @@ class CgroupBackend(abc.ABC):
     def usage(self, job_id: str) -> Usage:
         """CPU, peak memory, io bytes and OOM kills so far."""
 
-    @abc.abstractmethod
-    def remove(self, job_id: str) -> None:
-        """Remove the job's (empty) cgroup; missing is fine."""
-
-    @abc.abstractmethod
-    def job_ids(self) -> list[str]:
-        """Job cgroups that exist now (for reconciliation after a crash)."""
-
     def bounds_swap(self, job_id: str) -> bool:
         """Whether the job's memory limit also bounds its swap (the kernel accounts swap per cgroup)."""
         return True
 
     @abc.abstractmethod
     def teardown(self) -> None:
-        """Remove the jobs directory (and subtree) if they are empty; called at clean shutdown."""
+        """Remove empty groups, then the jobs directory (and subtree) if they are empty; called at clean
+        shutdown."""
 
     def signal(self, job_id: str, sig: int) -> None:
         """Send sig to every process of the job. Frozen while reading the list so no PID is reused under us."""

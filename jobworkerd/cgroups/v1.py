@@ -4,6 +4,10 @@ cgroupspy manages the nodes in cpu, cpuacct, memory and blkio and sets the value
 (cfs quota/period, memory limits, cpuacct usage). Written directly, because cgroupspy lacks or
 breaks them: the pids and freezer controllers, the blkio throttle files (its write-throttle names
 carry a trailing space), the launcher's join through `tasks`, and reading memory.oom_control.
+
+Job groups (jobs/<group>) exist in every hierarchy, like jobs, so a job's path is the same in each. A
+group's memory ceiling bounds its jobs only with memory.use_hierarchy = 1: set on each new group (kernels
+since 5.11 have it always on).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from .base import (
     read_file,
     read_keyed,
     read_pids,
-    remove_dir,
     write_file,
 )
 
@@ -38,6 +41,7 @@ class V1Backend(CgroupBackend):
 
     def __init__(self, mounts: dict[str, str], own: dict[str, str], subtree: str = ""):
         """mounts: controller -> directory of its hierarchy root; own: controller -> our cgroup path in it."""
+        super().__init__()
         missing = [c for c in REQUIRED if c not in mounts]
         if missing:
             raise InternalError(f"cgroup v1: controllers not mounted: {', '.join(missing)}")
@@ -52,30 +56,65 @@ class V1Backend(CgroupBackend):
     # -- node management -----------------------------------------------------------------------------------
 
     def _node(self, controller: str, job_id: str) -> Node:
-        """A cgroupspy node for an existing job cgroup (no tree walk: built from its path)."""
+        return self._node_at(controller, self._path(controller, job_id))
+
+    def _node_at(self, controller: str, path: str) -> Node:
+        """A cgroupspy node for an existing cgroup (no tree walk: built from its path)."""
         mount = self._mounts[controller]
         node = Node(os.path.dirname(mount))
         node = Node(os.path.basename(mount), parent=node)
-        rel = os.path.relpath(self._path(controller, job_id), mount)
+        rel = os.path.relpath(path, mount)
         for part in rel.split(os.sep):
             node = Node(part, parent=node)
         return node
 
     def _path(self, controller: str, job_id: str) -> str:
-        return os.path.join(self._jobs_dir[controller], job_id)
+        return os.path.join(self._jobs_dir[controller], self._rel(job_id))
+
+    def _jobs_dirs(self) -> list[str]:
+        return [self._jobs_dir[c] for c in self.controllers]
+
+    def _dirs(self, rel: str) -> list[str]:
+        return [os.path.join(self._jobs_dir[c], rel) for c in self.controllers]
 
     def setup(self) -> None:
         for path in self._jobs_dir.values():
             os.makedirs(path, exist_ok=True)
+        self._sweep_groups()
 
-    def _job_dirs(self, job_id: str) -> list[str]:
-        return [self._path(c, job_id) for c in self.controllers]
+    def _init_group(self, name: str) -> None:
+        path = os.path.join(self._jobs_dir["memory"], name)
+        if os.path.exists(os.path.join(path, "memory.use_hierarchy")):
+            memory = self._node_at("memory", path).controller
+            if not memory.use_hierarchy:  # inherited from a parent without it (kernels before 5.11)
+                memory.use_hierarchy = True
+
+    def _write_ceilings(self, name: str, ceilings: Limits, previous: Limits | None) -> None:
+        if previous is None or ceilings.cpu != previous.cpu:
+            cpu = self._node_at("cpu", os.path.join(self._jobs_dir["cpu"], name)).controller
+            cpu.cfs_period_us = CFS_PERIOD_US
+            cpu.cfs_quota_us = None if ceilings.cpu is None else cpu_quota_us(ceilings.cpu)  # None: -1, no ceiling
+        if previous is None or ceilings.memory != previous.memory:
+            path = os.path.join(self._jobs_dir["memory"], name)
+            memory = self._node_at("memory", path).controller
+            if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
+                # memsw must stay >= limit_in_bytes at every step: lift it, set the limit, then hold swap to it.
+                memory.memsw_limit_in_bytes = None
+                memory.limit_in_bytes = ceilings.memory
+                memory.memsw_limit_in_bytes = ceilings.memory
+            else:
+                memory.limit_in_bytes = ceilings.memory
+        if previous is None or ceilings.pids != previous.pids:
+            pids = "max" if ceilings.pids is None else str(ceilings.pids)
+            write_file(os.path.join(self._jobs_dir["pids"], name, "pids.max"), pids)
 
     def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
         if limits.cpu is not None:
             cpu = self._node("cpu", job_id).controller
             cpu.cfs_period_us = CFS_PERIOD_US
-            cpu.cfs_quota_us = cpu_quota_us(limits.cpu)
+            # v1 refuses (EINVAL) a child's quota above its parent's; v2 takes it and bounds it. The same here:
+            ceiling = self._ceilings.get(self._group_of.get(job_id, ""), Limits()).cpu
+            cpu.cfs_quota_us = cpu_quota_us(limits.cpu if ceiling is None else min(limits.cpu, ceiling))
         if limits.memory is not None:
             memory = self._node("memory", job_id).controller
             memory.limit_in_bytes = limits.memory
@@ -157,17 +196,8 @@ class V1Backend(CgroupBackend):
     def bounds_swap(self, job_id: str) -> bool:
         return os.path.exists(self._file("memory", job_id, "memory.memsw.limit_in_bytes"))
 
-    def remove(self, job_id: str) -> None:
-        for controller in self.controllers:
-            remove_dir(self._path(controller, job_id))
-
-    def job_ids(self) -> list[str]:
-        try:
-            return sorted(e.name for e in os.scandir(self._jobs_dir["pids"]) if e.is_dir())
-        except FileNotFoundError:
-            return []
-
     def teardown(self) -> None:
+        self._sweep_groups()
         for controller in self.controllers:
             for path in (self._jobs_dir[controller], self._subtree_dirs.get(controller)):
                 if path:

@@ -2,7 +2,8 @@
 
 Delegation: cgroup v2 forbids processes in a cgroup whose subtree_control enables controllers
 ("no internal processes"), so at setup this process moves itself from its own cgroup into
-<own>/supervisor, then enables cpu, memory, io and pids for <own>/<subtree>/jobs and below.
+<own>/supervisor, then enables cpu, memory, io and pids for <own>/<subtree>/jobs and below. Each job
+group (jobs/<group>) enables them again for its jobs, and holds no processes itself.
 Under systemd that own cgroup is the unit's, handed over by Delegate=yes.
 """
 
@@ -22,7 +23,6 @@ from .base import (
     read_file,
     read_keyed,
     read_pids,
-    remove_dir,
     write_file,
 )
 
@@ -34,11 +34,18 @@ class V2Backend(CgroupBackend):
     version = "v2"
 
     def __init__(self, mount: str, own: str, subtree: str = ""):
+        super().__init__()
         self.own_dir = os.path.normpath(os.path.join(mount, own.lstrip("/")))
         self.jobs_dir = os.path.normpath(os.path.join(self.own_dir, subtree, JOBS_DIR))
 
     def _path(self, job_id: str) -> str:
-        return os.path.join(self.jobs_dir, job_id)
+        return os.path.join(self.jobs_dir, self._rel(job_id))
+
+    def _jobs_dirs(self) -> list[str]:
+        return [self.jobs_dir]
+
+    def _dirs(self, rel: str) -> list[str]:
+        return [os.path.join(self.jobs_dir, rel)]
 
     def _file(self, job_id: str, name: str) -> str:
         return os.path.join(self._path(job_id), name)
@@ -59,6 +66,7 @@ class V2Backend(CgroupBackend):
             path = os.path.join(path, part)
             os.makedirs(path, exist_ok=True)
         write_file(os.path.join(self.jobs_dir, "cgroup.subtree_control"), enable)
+        self._sweep_groups()
 
     def _leave_own_cgroup(self) -> None:
         """Move every process of our own cgroup (this daemon, any helper) into <own>/supervisor."""
@@ -71,8 +79,20 @@ class V2Backend(CgroupBackend):
                 if os.path.exists(f"/proc/{pid}"):
                     raise
 
-    def _job_dirs(self, job_id: str) -> list[str]:
-        return [self._path(job_id)]
+    def _init_group(self, name: str) -> None:
+        write_file(os.path.join(self.jobs_dir, name, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
+
+    def _write_ceilings(self, name: str, ceilings: Limits, previous: Limits | None) -> None:
+        group = os.path.join(self.jobs_dir, name)
+        if previous is None or ceilings.cpu != previous.cpu:
+            quota = "max" if ceilings.cpu is None else str(cpu_quota_us(ceilings.cpu))
+            write_file(os.path.join(group, "cpu.max"), f"{quota} {CFS_PERIOD_US}")
+        if previous is None or ceilings.memory != previous.memory:
+            write_file(os.path.join(group, "memory.max"), "max" if ceilings.memory is None else str(ceilings.memory))
+            if os.path.exists(os.path.join(group, "memory.swap.max")):  # the ceiling holds for swap too
+                write_file(os.path.join(group, "memory.swap.max"), "max" if ceilings.memory is None else "0")
+        if previous is None or ceilings.pids != previous.pids:
+            write_file(os.path.join(group, "pids.max"), "max" if ceilings.pids is None else str(ceilings.pids))
 
     def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
         if limits.cpu is not None:
@@ -164,16 +184,8 @@ class V2Backend(CgroupBackend):
     def bounds_swap(self, job_id: str) -> bool:
         return os.path.exists(self._file(job_id, "memory.swap.max"))
 
-    def remove(self, job_id: str) -> None:
-        remove_dir(self._path(job_id))
-
-    def job_ids(self) -> list[str]:
-        try:
-            return sorted(e.name for e in os.scandir(self.jobs_dir) if e.is_dir())
-        except FileNotFoundError:
-            return []
-
     def teardown(self) -> None:
+        self._sweep_groups()
         path = self.jobs_dir
         while path != self.own_dir and path.startswith(self.own_dir):
             try:

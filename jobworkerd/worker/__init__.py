@@ -1,8 +1,8 @@
 """The worker library: start, stop, query and follow jobs. Usable without gRPC."""
 
-from .models import JobRecord, JobSpec, JobState, Limits, Reason, Usage
+from .models import ADMIN_GROUP, JobGroup, JobRecord, JobSpec, JobState, Limits, Reason, Usage
 
-__all__ = ["JobManager", "JobRecord", "JobSpec", "JobState", "Limits", "Reason", "Usage"]
+__all__ = ["ADMIN_GROUP", "JobGroup", "JobManager", "JobRecord", "JobSpec", "JobState", "Limits", "Reason", "Usage"]
 
 
 def __getattr__(name: str):

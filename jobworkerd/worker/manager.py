@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from ..cgroups import CgroupBackend, detect
 from ..config import Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
-from .models import JobRecord, JobSpec, JobState, Reason
+from .models import ADMIN_GROUP, JobGroup, JobRecord, JobSpec, JobState, Reason
 from .events import EventLog
 from .output import OutputHub, OutputSource
 from .process import ForkServer, ForkServerUnavailable, LaunchPlan, launch
@@ -156,12 +156,12 @@ class JobManager:
 
         return remove
 
-    def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None,
-              idempotency_key: str = "", admit: Callable[[], ContextManager[object]] | None = None) -> JobRecord:
-        """Validate, create the cgroup, launch. Returns once the program runs; StartFailed if it could not.
-        With an idempotency key that `owner` used within history.idempotency_window, returns that job
-        instead (a concurrent start with the same key waits for the first). `admit` (the API's quotas)
-        is entered around a start that really happens, not around a repeat."""
+    def start(self, spec: JobSpec, owner: str = "", default_user: str | None = None, idempotency_key: str = "",
+              admit: Callable[[], ContextManager[object]] | None = None, *, group: JobGroup = ADMIN_GROUP) -> JobRecord:
+        """Validate, create the cgroup (in `group`'s, under its configured ceilings), launch. Returns once the
+        program runs; StartFailed if it could not. With an idempotency key that `owner` used within
+        history.idempotency_window, returns that job instead (a concurrent start with the same key waits for
+        the first). `admit` (the API's quotas) is entered around a start that really happens, not a repeat."""
         if idempotency_key:
             _check_key(idempotency_key)
         with self._lock:
@@ -177,7 +177,7 @@ class JobManager:
                 if earlier is not None:
                     return earlier
             with admit() if admit is not None else contextlib.nullcontext():
-                record = self._start(spec, owner, default_user)
+                record = self._start(spec, owner, default_user, group)
             if idempotency_key:
                 self.store.remember_key(owner, idempotency_key, record.id, time.time())
             return record
@@ -194,7 +194,7 @@ class JobManager:
         job_id = self.store.job_for_key(owner, idempotency_key, since)
         return self.status(job_id) if job_id else None
 
-    def _start(self, spec: JobSpec, owner: str, default_user: str | None) -> JobRecord:
+    def _start(self, spec: JobSpec, owner: str, default_user: str | None, group: JobGroup) -> JobRecord:
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
         self.run_dir.check_room()
         job_id = uuid.uuid4().hex[:12]
@@ -216,7 +216,7 @@ class JobManager:
             raise
         self._changed(record)
         try:
-            self.backend.create(job_id, resolved.limits, resolved.io_target)
+            self.backend.create(job_id, resolved.limits, resolved.io_target, group, self.config.limits.ceiling(group))
         except Exception as exc:
             os.close(output_fd)
             self._store_and_announce(self._failed(record, f"cannot create the job's cgroup: {exc}"))

@@ -55,6 +55,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class JobGroup:
+    """The parent cgroup a job lives in, beneath which the config's per-user ceilings apply: one per
+    user-role client (`name` = its certificate CN), one shared by every admin's jobs (`admin`)."""
+
+    name: str = ""
+    admin: bool = False
+
+    @classmethod
+    def of(cls, name: str, is_admin: bool) -> "JobGroup":
+        return cls("", True) if is_admin else cls(name, False)
+
+
+ADMIN_GROUP = JobGroup("", True)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What to run. `command` is the program (a path, or a name looked up in PATH), `args` its arguments."""
 

@@ -74,8 +74,9 @@ def leftover_cgroups(subtree: str = SUBTREE) -> list[str]:
     return found
 
 
-def job_cgroup(controller: str, job_id: str, subtree: str = SUBTREE) -> Path:
-    return CGROUP_ROOT / controller / own_cgroups().get(controller, "/").lstrip("/") / subtree / "jobs" / job_id
+def job_cgroup(controller: str, job_id: str, subtree: str = SUBTREE, group: str = "admin") -> Path:
+    """jobs/<group>/<id>; JobManager.start puts jobs in the admin group unless told otherwise."""
+    return CGROUP_ROOT / controller / own_cgroups().get(controller, "/").lstrip("/") / subtree / "jobs" / group / job_id
 
 
 def make_config(tmp_path: Path, **overrides):

@@ -5,13 +5,17 @@ create them; files the backend only reads are pre-created with what the kernel w
 import errno
 import os
 import signal
+import threading
+from pathlib import Path
 
 import pytest
+from cgroupspy.controllers import Controller
 
 from jobworkerd.cgroups import base as base_mod
+from jobworkerd.cgroups.groups import group_dir
 from jobworkerd.cgroups.v1 import V1Backend
 from jobworkerd.errors import InternalError, InvalidArgument
-from jobworkerd.worker.models import IOTarget, Limits, Usage
+from jobworkerd.worker.models import IOTarget, JobGroup, Limits, Usage
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
 OWN = "/some/own"
@@ -30,8 +34,8 @@ def make(tree, subtree="x", controllers=CONTROLLERS, own=OWN):
     return V1Backend(mounts=mounts, own={c: own for c in controllers}, subtree=subtree)
 
 
-def job_dir(tree, controller, job=JOB, subtree="x"):
-    return tree / controller / OWN.lstrip("/") / subtree / "jobs" / job
+def job_dir(tree, controller, job=JOB, subtree="x", group="admin"):
+    return tree / controller / OWN.lstrip("/") / subtree / "jobs" / group / job
 
 
 def read(path):
@@ -42,13 +46,14 @@ def files_in(path):
     return sorted(p.name for p in path.iterdir() if p.is_file())
 
 
-def clear_files(tree, job=JOB):
-    """What the kernel does at rmdir: the control files go with the directory."""
+def clear_files(tree, job=JOB, group="admin"):
+    """What the kernel does at rmdir: the control files go with the directory (the job's and its group's)."""
     for controller in CONTROLLERS:
-        d = job_dir(tree, controller, job)
-        if d.is_dir():
-            for f in d.iterdir():
-                f.unlink()
+        for d in (job_dir(tree, controller, job, group=group), job_dir(tree, controller, job, group=group).parent):
+            if d.is_dir():
+                for f in d.iterdir():
+                    if f.is_file():
+                        f.unlink()
 
 
 def test_setup_creates_the_jobs_dir_beneath_our_own_cgroup_in_every_hierarchy(tree):
@@ -118,7 +123,7 @@ def test_memory_limit_with_memsw_present(tree, monkeypatch):
 
     def mkdir(path, *args, **kwargs):
         real_mkdir(path, *args, **kwargs)
-        if os.path.dirname(os.path.dirname(os.path.dirname(str(path)))).endswith("memory/some/own"):
+        if str(path).startswith(str(tree / "memory")):
             with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as handle:
                 handle.write("9223372036854771712\n")
 
@@ -210,6 +215,7 @@ def test_a_failed_limit_write_removes_the_nodes(tree, monkeypatch):
 def test_join_files_are_the_tasks_files_of_every_hierarchy(tree):
     backend = make(tree)
     backend.setup()
+    backend.create(JOB, Limits(), None)
     assert backend.join_files(JOB) == [str(job_dir(tree, c) / "tasks") for c in ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")]
 
 
@@ -352,8 +358,8 @@ def test_without_subtree_jobs_live_directly_under_our_cgroup(tree):
     backend = make(tree, subtree="")
     backend.setup()
     backend.create(JOB, Limits(pids=3), None)
-    assert read(tree / "pids/some/own/jobs" / JOB / "pids.max") == "3"
-    clear_files_path = tree / "pids/some/own/jobs" / JOB / "pids.max"
+    assert read(tree / "pids/some/own/jobs/admin" / JOB / "pids.max") == "3"
+    clear_files_path = tree / "pids/some/own/jobs/admin" / JOB / "pids.max"
     clear_files_path.unlink()
     backend.remove(JOB)
     backend.teardown()
@@ -367,7 +373,7 @@ def test_own_cgroup_at_the_root(tmp_path):
     backend = V1Backend({c: str(tmp_path / c) for c in CONTROLLERS}, {c: "/" for c in CONTROLLERS}, "t")
     backend.setup()
     backend.create(JOB, Limits(cpu=0.5), None)
-    assert read(tmp_path / "cpu/t/jobs" / JOB / "cpu.cfs_quota_us") == "50000"
+    assert read(tmp_path / "cpu/t/jobs/admin" / JOB / "cpu.cfs_quota_us") == "50000"
 
 
 def test_create_is_all_or_nothing_when_a_later_hierarchy_fails(tmp_path):
@@ -381,4 +387,265 @@ def test_create_is_all_or_nothing_when_a_later_hierarchy_fails(tmp_path):
     (tmp_path / "freezer" / "own" / "jobs").rmdir()  # the last hierarchy's mkdir will fail
     with pytest.raises(OSError):
         backend.create("job1", Limits(), None)
-    assert not [c for c in controllers if (tmp_path / c / "own" / "jobs" / "job1").exists()]
+    assert not [c for c in controllers if (tmp_path / c / "own" / "jobs" / "admin" / "job1").exists()]
+    assert not [c for c in controllers if (tmp_path / c / "own" / "jobs" / "admin").exists()]  # nor its new group
+
+
+# -- job groups ----------------------------------------------------------------------------------------------
+
+ALICE = JobGroup.of("alice", False)
+BOB = JobGroup.of("bob", False)
+
+
+def group_path(tree, controller, group="user-alice", subtree="x"):
+    return tree / controller / OWN.lstrip("/") / subtree / "jobs" / group
+
+
+def test_a_users_job_lives_in_its_group_with_the_ceilings_written_to_the_group(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(pids=10), None, ALICE, Limits(cpu=1.5, memory=256 << 20, pids=100))
+    files = {c: files_in(group_path(tree, c)) for c in CONTROLLERS}
+    assert files == {
+        "cpu": ["cpu.cfs_period_us", "cpu.cfs_quota_us"],
+        "cpuacct": [],
+        "memory": ["memory.limit_in_bytes"],
+        "blkio": [],
+        "pids": ["pids.max"],
+        "freezer": [],
+    }
+    assert read(group_path(tree, "cpu") / "cpu.cfs_quota_us") == "150000"
+    assert read(group_path(tree, "cpu") / "cpu.cfs_period_us") == "100000"
+    assert read(group_path(tree, "memory") / "memory.limit_in_bytes") == str(256 << 20)
+    assert read(group_path(tree, "pids") / "pids.max") == "100"
+    for controller in CONTROLLERS:
+        assert job_dir(tree, controller, group="user-alice").is_dir()
+    assert read(job_dir(tree, "pids", group="user-alice") / "pids.max") == "10"
+    assert backend.join_files(JOB) == [str(job_dir(tree, c, group="user-alice") / "tasks") for c in CONTROLLERS]
+
+
+def test_a_group_without_ceilings_gets_no_files(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    assert all(files_in(group_path(tree, c)) == [] for c in CONTROLLERS)
+
+
+def test_the_memory_ceiling_holds_swap_too_and_memsw_never_drops_below_the_limit(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if str(path).startswith(str(tree / "memory")):
+            (Path(path) / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    written = []
+    real_set = Controller.set_property
+    monkeypatch.setattr(Controller, "set_property", lambda self, name, value: written.append((name, value)) or real_set(self, name, value))
+    backend.create(JOB, Limits(), None, ALICE, Limits(memory=64 << 20))
+    assert written == [(b"memory.memsw.limit_in_bytes", -1), (b"memory.limit_in_bytes", 64 << 20),
+                       (b"memory.memsw.limit_in_bytes", 64 << 20)]
+    assert read(group_path(tree, "memory") / "memory.memsw.limit_in_bytes") == str(64 << 20)
+
+
+@pytest.mark.parametrize(("found", "expected"), [("0\n", "1"), ("1\n", "1\n")])
+def test_a_new_group_gets_hierarchical_memory_accounting(tree, monkeypatch, found, expected):
+    backend = make(tree)
+    backend.setup()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):  # the kernel inherits use_hierarchy from the parent (before 5.11)
+        real_mkdir(path, *args, **kwargs)
+        if str(path).startswith(str(tree / "memory")):
+            (Path(path) / "memory.use_hierarchy").write_text(found)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    backend.create(JOB, Limits(), None, ALICE, Limits(memory=64 << 20))
+    assert read(group_path(tree, "memory") / "memory.use_hierarchy") == expected
+
+
+def test_a_jobs_cpu_limit_above_its_groups_ceiling_is_written_as_the_ceiling(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(cpu=2.0), None, ALICE, Limits(cpu=0.5))  # v1 would refuse 200000 under 50000
+    assert read(job_dir(tree, "cpu", group="user-alice") / "cpu.cfs_quota_us") == "50000"
+    backend.create("aaaaaaaaaaaa", Limits(cpu=0.25), None, ALICE, Limits(cpu=0.5))
+    assert read(job_dir(tree, "cpu", "aaaaaaaaaaaa", group="user-alice") / "cpu.cfs_quota_us") == "25000"
+
+
+def test_ceilings_are_written_once_and_again_only_where_they_changed(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None, ALICE, Limits(cpu=1.0, memory=64 << 20, pids=100))
+    written = []
+    real_set = Controller.set_property
+    monkeypatch.setattr(Controller, "set_property", lambda self, name, value: written.append((name, value)) or real_set(self, name, value))
+    monkeypatch.setattr("jobworkerd.cgroups.v1.write_file", lambda path, value: written.append((os.path.basename(path), value)) or base_mod.write_file(path, value))
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(cpu=1.0, memory=64 << 20, pids=100))
+    assert written == []  # same ceilings: nothing written
+    backend.create("bbbbbbbbbbbb", Limits(), None, ALICE, Limits(cpu=1.0, memory=None, pids=200))  # config changed
+    assert written == [(b"memory.limit_in_bytes", -1), ("pids.max", "200")]
+    assert read(group_path(tree, "memory") / "memory.limit_in_bytes") == "-1"
+
+
+def test_after_a_restart_an_existing_groups_ceilings_are_all_written(tree):
+    make(tree).setup()
+    first = make(tree)
+    first.create(JOB, Limits(), None, ALICE, Limits(pids=100))
+    again = make(tree)  # a new daemon: what the group holds is unknown
+    again.setup()
+    again.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(memory=1 << 30))
+    assert read(group_path(tree, "pids") / "pids.max") == "max"
+    assert read(group_path(tree, "cpu") / "cpu.cfs_quota_us") == "-1"
+    assert read(group_path(tree, "memory") / "memory.limit_in_bytes") == str(1 << 30)
+
+
+def test_two_users_get_two_groups_and_admins_their_own(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits())
+    backend.create("bbbbbbbbbbbb", Limits(), None, BOB, Limits())
+    backend.create("cccccccccccc", Limits(), None, JobGroup.of("alice", True), Limits())
+    backend.create("dddddddddddd", Limits(), None, JobGroup.of("al/ce", False), Limits())
+    for controller in CONTROLLERS:
+        jobs = tree / controller / "some/own/x/jobs"
+        assert sorted(p.name for p in jobs.iterdir()) == ["admin", "user-al_ce~" + group_dir(JobGroup("al/ce")).split("~")[1],
+                                                          "user-alice", "user-bob"]
+        assert (jobs / "user-alice/aaaaaaaaaaaa").is_dir() and (jobs / "admin/cccccccccccc").is_dir()
+    assert backend.job_ids() == ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc", "dddddddddddd"]
+
+
+def test_removing_the_last_job_of_a_group_removes_the_group(tree):
+    backend = make(tree)
+    backend.setup()
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits())
+    backend.create("bbbbbbbbbbbb", Limits(), None, ALICE, Limits())
+    backend.remove("aaaaaaaaaaaa")
+    assert all(group_path(tree, c).is_dir() for c in CONTROLLERS)  # bob... alice's other job is still there
+    backend.remove("bbbbbbbbbbbb")
+    for controller in CONTROLLERS:
+        assert not group_path(tree, controller).exists()
+        assert (tree / controller / "some/own/x/jobs").is_dir()
+
+
+def test_a_group_found_busy_at_removal_is_left_to_its_new_job(tree, monkeypatch):
+    """EBUSY/ENOTEMPTY at the group's rmdir means a job is in it again: not an error."""
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    real_rmdir = os.rmdir
+
+    def rmdir(path):
+        if os.path.basename(path) == "user-alice":
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        real_rmdir(path)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    backend.remove(JOB)
+    assert not job_dir(tree, "pids", group="user-alice").exists()
+    assert group_path(tree, "pids").is_dir()
+    monkeypatch.setattr(os, "rmdir", real_rmdir)
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits())  # the group is used again as it is
+    assert job_dir(tree, "pids", "aaaaaaaaaaaa", group="user-alice").is_dir()
+
+
+def test_a_job_created_while_another_of_its_group_is_removed_keeps_its_group(tree, monkeypatch):
+    """The race: alice's last job ends while her next one is being created, between its group being
+    ensured and its own directories being made. The ending job must not take the group away then."""
+    backend = make(tree)
+    backend.setup()
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    ensured, proceed = threading.Event(), threading.Event()
+    real_ensure = backend._ensure_group
+
+    def ensure_then_pause(name, ceilings):
+        real_ensure(name, ceilings)
+        ensured.set()
+        proceed.wait(5)
+
+    monkeypatch.setattr(backend, "_ensure_group", ensure_then_pause)
+    errors = []
+
+    def create():
+        try:
+            backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    creator = threading.Thread(target=create)
+    creator.start()
+    assert ensured.wait(5)
+    ender = threading.Thread(target=backend.remove, args=(JOB,))
+    ender.start()
+    ender.join(0.3)  # it removes the job's directories, then waits for the creation to finish
+    proceed.set()
+    creator.join(5)
+    ender.join(5)
+    assert errors == []
+    for controller in CONTROLLERS:
+        assert job_dir(tree, controller, "aaaaaaaaaaaa", group="user-alice").is_dir()
+        assert not job_dir(tree, controller, JOB, group="user-alice").exists()
+
+
+def test_a_new_groups_ceiling_that_cannot_be_written_leaves_no_group(tree, monkeypatch):
+    backend = make(tree)
+    backend.setup()
+
+    def failing_write(path, value):
+        raise InternalError(f"cgroup write {value!r} to {path} failed: Invalid argument")
+
+    monkeypatch.setattr("jobworkerd.cgroups.v1.write_file", failing_write)
+    with pytest.raises(InternalError, match="pids.max"):
+        backend.create(JOB, Limits(), None, ALICE, Limits(pids=5))
+    for controller in CONTROLLERS:
+        assert not group_path(tree, controller).exists()
+
+
+def test_a_restarted_backend_finds_jobs_in_groups_and_removes_their_groups(tree):
+    first = make(tree)
+    first.setup()
+    first.create(JOB, Limits(), None, ALICE, Limits())
+    (job_dir(tree, "pids", group="user-alice") / "cgroup.procs").write_text("4242\n")
+    again = make(tree)
+    again.setup()  # learns where each job is
+    assert again.pids(JOB) == [4242]
+    (job_dir(tree, "pids", group="user-alice") / "cgroup.procs").unlink()
+    again.remove(JOB)
+    assert not any(group_path(tree, c).exists() for c in CONTROLLERS)
+
+
+def test_old_layout_jobs_are_found_and_removed(tree):
+    """Before groups, jobs lived at jobs/<id>: reconcile after an upgrade must find and end them."""
+    backend = make(tree)
+    backend.setup()
+    for controller in CONTROLLERS:
+        job_dir(tree, controller, "0ddba11c0ffe", group="").mkdir()
+    (job_dir(tree, "pids", "0ddba11c0ffe", group="") / "cgroup.procs").write_text("77\n")
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    again = make(tree)
+    assert again.job_ids() == ["0123456789ab", "0ddba11c0ffe"]
+    assert again.pids("0ddba11c0ffe") == [77]
+    assert again.join_files("0ddba11c0ffe")[0] == str(job_dir(tree, "cpu", "0ddba11c0ffe", group="") / "tasks")
+    (job_dir(tree, "pids", "0ddba11c0ffe", group="") / "cgroup.procs").unlink()
+    again.remove("0ddba11c0ffe")
+    assert not any(job_dir(tree, c, "0ddba11c0ffe", group="").exists() for c in CONTROLLERS)
+    assert again.job_ids() == ["0123456789ab"]
+
+
+def test_setup_and_teardown_remove_empty_groups(tree):
+    backend = make(tree)
+    backend.setup()
+    for controller in CONTROLLERS:
+        group_path(tree, controller, "user-gone").mkdir()  # left by a crash between group and job
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    make(tree).setup()
+    assert not any(group_path(tree, c, "user-gone").exists() for c in CONTROLLERS)
+    assert all(group_path(tree, c).is_dir() for c in CONTROLLERS)  # alice's job is still in hers
+    for controller in CONTROLLERS:
+        group_path(tree, controller, "user-empty").mkdir()
+    backend.teardown()
+    assert not any(group_path(tree, c, "user-empty").exists() for c in CONTROLLERS)
+    assert all(job_dir(tree, c, group="user-alice").is_dir() for c in CONTROLLERS)

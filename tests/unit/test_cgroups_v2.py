@@ -10,7 +10,7 @@ import pytest
 from jobworkerd.cgroups import v2 as v2_mod
 from jobworkerd.cgroups.v2 import V2Backend
 from jobworkerd.errors import InternalError, InvalidArgument
-from jobworkerd.worker.models import IOTarget, Limits, Usage
+from jobworkerd.worker.models import IOTarget, JobGroup, Limits, Usage
 
 OWN = "/system.slice/jobworkerd.service"
 JOB = "0123456789ab"
@@ -62,7 +62,9 @@ def test_paths(tmp_path, own):
     backend = make(tmp_path)
     assert backend.own_dir == str(own)
     assert backend.jobs_dir == str(own / "x" / "jobs")
-    assert backend.join_files(JOB) == [str(own / "x" / "jobs" / JOB / "cgroup.procs")]
+    backend.setup()
+    backend.create(JOB, Limits(), None)
+    assert backend.join_files(JOB) == [str(own / "x" / "jobs" / "admin" / JOB / "cgroup.procs")]
 
 
 def test_setup_moves_our_processes_to_supervisor_and_enables_controllers(tmp_path, own, writes, monkeypatch):
@@ -127,27 +129,27 @@ def test_setup_refuses_when_controllers_are_not_delegated(tmp_path, own):
 def test_create_without_limits_writes_nothing(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    assert (own / "x/jobs" / JOB).is_dir()
-    assert files_in(own / "x/jobs" / JOB) == []
+    assert (own / "x/jobs/admin" / JOB).is_dir()
+    assert files_in(own / "x/jobs/admin" / JOB) == []
 
 
 def test_cpu_max(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(cpu=0.5), None)
-    assert read(own / "x/jobs" / JOB / "cpu.max") == "50000 100000"
+    assert read(own / "x/jobs/admin" / JOB / "cpu.max") == "50000 100000"
 
 
 @pytest.mark.parametrize(("cores", "text"), [(0.2, "20000 100000"), (2.0, "200000 100000"), (0.00001, "1000 100000")])
 def test_cpu_max_values(tmp_path, own, cores, text):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(cpu=cores), None)
-    assert read(own / "x/jobs" / JOB / "cpu.max") == text
+    assert read(own / "x/jobs/admin" / JOB / "cpu.max") == text
 
 
 def test_memory_max_without_swap_file(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(memory=64 << 20), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     assert read(d / "memory.max") == str(64 << 20)
     assert files_in(d) == ["memory.max"]
 
@@ -162,7 +164,7 @@ def test_memory_max_with_swap_max_zero_when_present(tmp_path, own, monkeypatch):
 
     monkeypatch.setattr(os, "mkdir", mkdir)
     backend.create(JOB, Limits(memory=64 << 20), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     assert read(d / "memory.max") == str(64 << 20)
     assert read(d / "memory.swap.max") == "0"
 
@@ -170,13 +172,13 @@ def test_memory_max_with_swap_max_zero_when_present(tmp_path, own, monkeypatch):
 def test_pids_max(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(pids=50), None)
-    assert read(own / "x/jobs" / JOB / "pids.max") == "50"
+    assert read(own / "x/jobs/admin" / JOB / "pids.max") == "50"
 
 
 def test_io_max_read_and_write_bps(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(io_read_bps=1 << 20, io_write_bps=2 << 20), IOTarget(8, 0))
-    assert read(own / "x/jobs" / JOB / "io.max") == "8:0 rbps=1048576 wbps=2097152"
+    assert read(own / "x/jobs/admin" / JOB / "io.max") == "8:0 rbps=1048576 wbps=2097152"
 
 
 def test_io_max_all_keys(tmp_path, own):
@@ -184,19 +186,19 @@ def test_io_max_all_keys(tmp_path, own):
     backend.create(
         JOB, Limits(io_read_bps=1, io_write_bps=2, io_read_iops=3, io_write_iops=4), IOTarget(254, 0)
     )
-    assert read(own / "x/jobs" / JOB / "io.max") == "254:0 rbps=1 wbps=2 riops=3 wiops=4"
+    assert read(own / "x/jobs/admin" / JOB / "io.max") == "254:0 rbps=1 wbps=2 riops=3 wiops=4"
 
 
 def test_io_max_only_write_iops(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(io_write_iops=100), IOTarget(8, 16))
-    assert read(own / "x/jobs" / JOB / "io.max") == "8:16 wiops=100"
+    assert read(own / "x/jobs/admin" / JOB / "io.max") == "8:16 wiops=100"
 
 
 def test_every_limit_at_once(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(cpu=1.5, memory=128 << 20, pids=64, io_write_bps=2 << 20), IOTarget(8, 0))
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     assert {name: read(d / name) for name in files_in(d)} == {
         "cpu.max": "150000 100000",
         "memory.max": str(128 << 20),
@@ -209,7 +211,7 @@ def test_io_limits_without_a_device(tmp_path, own):
     backend = ready(tmp_path)
     with pytest.raises(InvalidArgument):
         backend.create(JOB, Limits(io_read_bps=5), None)
-    assert not (own / "x/jobs" / JOB).exists()
+    assert not (own / "x/jobs/admin" / JOB).exists()
 
 
 def test_create_refuses_an_existing_cgroup(tmp_path, own):
@@ -222,19 +224,23 @@ def test_create_refuses_an_existing_cgroup(tmp_path, own):
 def test_a_failed_write_removes_the_cgroup(tmp_path, own, monkeypatch):
     backend = ready(tmp_path)
 
+    real = v2_mod.write_file
+
     def write(path, value):
-        raise InternalError(f"cgroup write {value!r} to {path} failed: Invalid argument")
+        if path.endswith("cpu.max"):
+            raise InternalError(f"cgroup write {value!r} to {path} failed: Invalid argument")
+        real(path, value)
 
     monkeypatch.setattr(v2_mod, "write_file", write)
     with pytest.raises(InternalError, match="cpu.max"):
         backend.create(JOB, Limits(cpu=1.0), None)
-    assert not (own / "x/jobs" / JOB).exists()
+    assert not (own / "x/jobs/admin" / JOB).exists()
 
 
 def test_pids_and_is_empty(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     assert backend.pids(JOB) == [] and backend.is_empty(JOB)
     (d / "cgroup.procs").write_text("7\n8\n")
     assert backend.pids(JOB) == [7, 8]
@@ -248,7 +254,7 @@ def test_pids_and_is_empty(tmp_path, own):
 def test_freeze_writes_cgroup_freeze(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     (d / "cgroup.events").write_text("populated 1\nfrozen 1\n")
     backend.freeze(JOB, True)
     assert read(d / "cgroup.freeze") == "1"
@@ -261,7 +267,7 @@ def test_freeze_writes_cgroup_freeze(tmp_path, own):
 def test_kill_writes_cgroup_kill(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     (d / "cgroup.kill").write_text("")
     (d / "cgroup.events").write_text("populated 0\nfrozen 0\n")
     backend.kill(JOB)
@@ -271,7 +277,7 @@ def test_kill_writes_cgroup_kill(tmp_path, own):
 def test_kill_without_cgroup_kill_falls_back_to_freeze_and_sigkill(tmp_path, own, monkeypatch):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     (d / "cgroup.procs").write_text("31337\n")
     (d / "cgroup.events").write_text("populated 1\nfrozen 1\n")
     killed = []
@@ -290,7 +296,7 @@ def test_kill_without_cgroup_kill_falls_back_to_freeze_and_sigkill(tmp_path, own
 def test_usage_is_parsed_from_the_v2_files(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    d = own / "x/jobs" / JOB
+    d = own / "x/jobs/admin" / JOB
     (d / "cpu.stat").write_text(
         "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 30\nnr_throttled 25\nthrottled_usec 1\n"
     )
@@ -311,7 +317,7 @@ def test_usage_is_parsed_from_the_v2_files(tmp_path, own):
 def test_usage_counts_oom_kill_not_oom(tmp_path, own):
     backend = ready(tmp_path)
     backend.create(JOB, Limits(), None)
-    (own / "x/jobs" / JOB / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 3\noom_kill 0\n")
+    (own / "x/jobs/admin" / JOB / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 3\noom_kill 0\n")
     assert backend.usage(JOB).oom_kills == 0
 
 
@@ -348,4 +354,123 @@ def test_teardown_keeps_a_jobs_dir_with_jobs(tmp_path, own):
     for f in ("x/jobs/cgroup.subtree_control", "x/cgroup.subtree_control"):
         (own / f).unlink()
     backend.teardown()
-    assert (own / "x/jobs" / JOB).is_dir()
+    assert (own / "x/jobs/admin" / JOB).is_dir()
+
+
+# -- job groups ----------------------------------------------------------------------------------------------
+
+ALICE = JobGroup.of("alice", False)
+
+
+def test_a_users_job_lives_in_its_group_which_enables_controllers_and_holds_the_ceilings(tmp_path, own, writes):
+    backend = ready(tmp_path)
+    writes.clear()
+    backend.create(JOB, Limits(pids=10), None, ALICE, Limits(cpu=1.5, memory=256 << 20, pids=100))
+    group = own / "x/jobs/user-alice"
+    assert writes == [
+        (str(group / "cgroup.subtree_control"), ENABLE),  # the group holds no processes: its jobs do
+        (str(group / "cpu.max"), "150000 100000"),
+        (str(group / "memory.max"), str(256 << 20)),
+        (str(group / "pids.max"), "100"),
+        (str(group / JOB / "pids.max"), "10"),
+    ]
+    assert backend.join_files(JOB) == [str(group / JOB / "cgroup.procs")]
+
+
+def test_a_group_without_ceilings_only_enables_controllers(tmp_path, own, writes):
+    backend = ready(tmp_path)
+    writes.clear()
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    assert writes == [(str(own / "x/jobs/user-alice/cgroup.subtree_control"), ENABLE)]
+
+
+def test_the_groups_memory_ceiling_holds_swap_too(tmp_path, own, monkeypatch):
+    backend = ready(tmp_path)
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):  # the kernel creates memory.swap.max with the cgroup
+        real_mkdir(path, *args, **kwargs)
+        open(os.path.join(path, "memory.swap.max"), "w").close()
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    backend.create(JOB, Limits(), None, ALICE, Limits(memory=64 << 20))
+    assert read(own / "x/jobs/user-alice/memory.max") == str(64 << 20)
+    assert read(own / "x/jobs/user-alice/memory.swap.max") == "0"
+
+
+def test_ceilings_are_written_again_only_where_the_config_changed(tmp_path, own, writes):
+    backend = ready(tmp_path)
+    backend.create(JOB, Limits(), None, ALICE, Limits(cpu=1.0, memory=64 << 20, pids=100))
+    writes.clear()
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(cpu=1.0, memory=64 << 20, pids=100))
+    assert writes == []
+    backend.create("bbbbbbbbbbbb", Limits(), None, ALICE, Limits(cpu=None, memory=64 << 20, pids=200))
+    assert writes == [(str(own / "x/jobs/user-alice/cpu.max"), "max 100000"),
+                      (str(own / "x/jobs/user-alice/pids.max"), "200")]
+
+
+def test_after_a_restart_an_existing_groups_ceilings_are_all_written(tmp_path, own, writes):
+    ready(tmp_path).create(JOB, Limits(), None, ALICE, Limits(pids=100))
+    again = ready(tmp_path)
+    writes.clear()
+    again.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(memory=1 << 30))
+    group = own / "x/jobs/user-alice"
+    assert writes == [(str(group / "cpu.max"), "max 100000"), (str(group / "memory.max"), str(1 << 30)),
+                      (str(group / "pids.max"), "max")]
+
+
+def test_admin_jobs_and_each_users_jobs_have_their_own_group(tmp_path, own):
+    backend = ready(tmp_path)
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits())
+    backend.create("bbbbbbbbbbbb", Limits(), None, JobGroup.of("bob", False), Limits())
+    backend.create("cccccccccccc", Limits(), None, JobGroup.of("root", True), Limits())
+    jobs = own / "x/jobs"
+    assert sorted(p.name for p in jobs.iterdir() if p.is_dir()) == ["admin", "user-alice", "user-bob"]
+    assert (jobs / "admin/cccccccccccc").is_dir() and (jobs / "user-bob/bbbbbbbbbbbb").is_dir()
+    assert backend.job_ids() == ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"]
+
+
+def test_removing_the_last_job_of_a_group_removes_the_group(tmp_path, own):
+    backend = ready(tmp_path)
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits())
+    backend.create("bbbbbbbbbbbb", Limits(), None, ALICE, Limits())
+    (own / "x/jobs/user-alice/cgroup.subtree_control").unlink()  # control files go with the directory
+    backend.remove("aaaaaaaaaaaa")
+    assert (own / "x/jobs/user-alice").is_dir()
+    backend.remove("bbbbbbbbbbbb")
+    assert not (own / "x/jobs/user-alice").exists()
+    assert (own / "x/jobs").is_dir()
+
+
+def test_a_restarted_backend_finds_the_group_of_each_job(tmp_path, own):
+    ready(tmp_path).create(JOB, Limits(), None, ALICE, Limits())
+    (own / "x/jobs/user-alice" / JOB / "cgroup.procs").write_text("99\n")
+    again = ready(tmp_path)
+    assert again.pids(JOB) == [99]
+    assert again.join_files(JOB) == [str(own / "x/jobs/user-alice" / JOB / "cgroup.procs")]
+
+
+def test_old_layout_jobs_are_found_and_removed(tmp_path, own):
+    backend = ready(tmp_path)
+    (own / "x/jobs/0ddba11c0ffe").mkdir()
+    (own / "x/jobs/0ddba11c0ffe/cgroup.procs").write_text("5\n")
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    assert backend.job_ids() == [JOB, "0ddba11c0ffe"]
+    assert backend.pids("0ddba11c0ffe") == [5]
+    (own / "x/jobs/0ddba11c0ffe/cgroup.procs").unlink()
+    backend.remove("0ddba11c0ffe")
+    assert not (own / "x/jobs/0ddba11c0ffe").exists()
+    assert backend.job_ids() == [JOB]
+
+
+def test_setup_and_teardown_remove_empty_groups(tmp_path, own):
+    backend = ready(tmp_path)
+    (own / "x/jobs/user-gone").mkdir()
+    backend.create(JOB, Limits(), None, ALICE, Limits())
+    ready(tmp_path)
+    assert not (own / "x/jobs/user-gone").exists()
+    assert (own / "x/jobs/user-alice" / JOB).is_dir()
+    (own / "x/jobs/user-empty").mkdir()
+    backend.teardown()
+    assert not (own / "x/jobs/user-empty").exists()
+    assert (own / "x/jobs/user-alice" / JOB).is_dir()

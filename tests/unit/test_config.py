@@ -296,3 +296,51 @@ def test_metrics_options_are_read():
     metrics = config_from_dict({"metrics": {"user_labels": True, "max_users": 5, "per_job": True, "per_job_max": 7}}).metrics
     assert (metrics.user_labels, metrics.max_users, metrics.per_job, metrics.per_job_max) == (True, 5, True, 7)
     assert metrics.listen == "127.0.0.1:9464"  # the rest of the section keeps its defaults
+
+
+# -- job group ceilings (limits.per_user, limits.admins, limits.users) ---------------------------------------
+
+
+def test_group_ceilings_defaults_protect_the_host():
+    from jobworkerd.config import _ram_bytes
+    from jobworkerd.worker.models import ADMIN_GROUP, JobGroup
+
+    limits = config_from_dict({}).limits
+    user = limits.ceiling(JobGroup("alice"))
+    assert user.pids == 4096 and user.cpu is None
+    assert abs(user.memory - _ram_bytes() // 2) < 4096 and user.memory % 4096 == 0
+    admins = limits.ceiling(ADMIN_GROUP)
+    assert admins.pids is None and admins.cpu is None and abs(admins.memory - _ram_bytes() * 0.9) < 4096
+
+
+def test_per_user_ceilings_with_overrides_per_user():
+    from jobworkerd.worker.models import JobGroup
+
+    limits = config_from_dict({"limits": {
+        "per_user": {"cpu": 1.5, "memory": "2G", "pids": 500},
+        "admins": {"cpu": None, "memory": None, "pids": None},
+        "users": {"ci-bot": {"memory": "8G", "pids": None}, "al ce": {"cpu": 0.5}},
+    }}).limits
+    assert (limits.ceiling(JobGroup("bob")).cpu, limits.ceiling(JobGroup("bob")).memory,
+            limits.ceiling(JobGroup("bob")).pids) == (1.5, 2 << 30, 500)
+    bot = limits.ceiling(JobGroup("ci-bot"))
+    assert (bot.cpu, bot.memory, bot.pids) == (1.5, 8 << 30, None)  # given keys replace, null = no ceiling
+    assert limits.ceiling(JobGroup("al ce")).cpu == 0.5
+    assert limits.ceiling(JobGroup("ci-bot", admin=True)).memory is None  # an admin ci-bot is in the admin group
+    assert not limits.ceiling(JobGroup("x", True)).has_io
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"per_user": {"memory": "0%"}}, "limits.per_user.memory: a share of RAM"),
+    ({"per_user": {"memory": "150%"}}, "limits.per_user.memory: a share of RAM"),
+    ({"per_user": {"io": 5}}, "unknown config key 'limits.per_user.io'"),
+    ({"admins": {"pids": 0}}, "limits.admins.pids: expected a positive whole number"),
+    ({"users": ["alice"]}, "limits.users: expected a mapping"),
+    ({"users": {"alice": 5}}, "limits.users.alice: expected a mapping"),
+    ({"users": {"alice": {"swap": 1}}}, "unknown config key 'limits.users.alice.swap'"),
+    ({"users": {"alice": {"cpu": -1}}}, "limits.users.alice.cpu: expected a positive number"),
+])
+def test_bad_ceilings_are_refused_naming_the_key(data, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"limits": data})
+    assert message in str(info.value)

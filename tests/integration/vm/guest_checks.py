@@ -189,13 +189,28 @@ def stop(job_id: str, grace: str = "2") -> dict:
 
 
 def job_cgroup(job_id: str) -> str:
-    path = os.path.join(JOBS_CG, job_id)
+    """jobs/<group>/<id>: root's jobs (an admin's) are in jobs/admin."""
+    path = os.path.join(JOBS_CG, "admin", job_id)
     if os.path.isdir(path):
         return path
-    found = [p for p in glob.glob(os.path.join(JOBS_CG, "*")) if job_id in os.path.basename(p)]
+    found = [p for p in glob.glob(os.path.join(JOBS_CG, "*", "*")) if job_id in os.path.basename(p)]
     if len(found) == 1:
         return found[0]
-    raise AssertionError(f"no cgroup for job {job_id} under {JOBS_CG}: {os.listdir(JOBS_CG) if os.path.isdir(JOBS_CG) else 'missing'}")
+    listing = sorted(glob.glob(os.path.join(JOBS_CG, "*")) + glob.glob(os.path.join(JOBS_CG, "*", "*")))
+    raise AssertionError(f"no cgroup for job {job_id} under {JOBS_CG}/<group>: {listing}")
+
+
+def shipped_ceiling(section: str, key: str) -> str:
+    """A value of limits.<section> in the installed config (the shipped one), without a YAML parser."""
+    lines = read("/etc/jobworkerd/config.yaml").splitlines()
+    start = lines.index(f"  {section}:")
+    for line in lines[start + 1:]:
+        if not line.startswith("    "):
+            break
+        name, _, value = line.strip().partition(":")
+        if name == key:
+            return value.split("#", 1)[0].strip()
+    raise AssertionError(f"limits.{section}.{key} not found in /etc/jobworkerd/config.yaml")
 
 
 def show(*props: str) -> dict[str, str]:
@@ -436,6 +451,69 @@ def main() -> int:
             raise AssertionError(f"jobctl run -- true exited {proc.returncode}: {proc.stdout}")
         return {"seconds": facts["jobctl_run_true_seconds"]}
 
+    @check("job-group", needs=("first-job",))
+    def _():
+        # Root's jobs (admin) live in jobs/admin/<id>: the group enables the controllers for its jobs,
+        # holds the shipped config's limits.admins ceilings and no process, and goes with its last job.
+        # A user-role client's (alice's) job lives in jobs/user-alice/<id>, under limits.per_user.
+        group = os.path.join(JOBS_CG, "admin")
+        leftover = os.path.isdir(group)  # first-job's group must already be gone
+        job_id = start("--name", "grouped", "--", "sleep", "600")
+        cg = wait_running(job_id)
+        mem_total = int(next(l for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal:")).split()[1]) * 1024
+        page = os.sysconf("SC_PAGE_SIZE")
+        shipped = {k: shipped_ceiling("admins", k) for k in ("cpu", "memory", "pids")}
+        inside = read(f"/proc/{read(os.path.join(cg, 'cgroup.procs')).split()[0]}/cgroup").strip()
+        detail = {"job_cgroup": cg, "proc_cgroup": inside, "shipped_admins": shipped,
+                  "subtree_control": read(os.path.join(group, "cgroup.subtree_control")).split(),
+                  "group_procs": read(os.path.join(group, "cgroup.procs")).split(),
+                  "cpu.max": read(os.path.join(group, "cpu.max")).strip(),
+                  "memory.max": read(os.path.join(group, "memory.max")).strip(),
+                  "memory.swap.max": read(os.path.join(group, "memory.swap.max")).strip(),
+                  "pids.max": read(os.path.join(group, "pids.max")).strip(), "mem_total": mem_total,
+                  "group_left_by_first_job": leftover}
+        job = stop(job_id, grace="1")
+        gone = wait_for(f"{group} removed", lambda: not os.path.exists(group), 30)
+        detail["group_removed_after_stop"] = gone
+        # and a user-role client's job (run as nobody) in jobs/user-alice, under limits.per_user
+        must(["jobworkerd", "ca", "issue", "--dir", "/etc/jobworkerd/tls", "--name", "alice", "--role", "user",
+              "--out", "/root/alice"])
+        alice = ["--cert", "/root/alice.crt", "--key", "/root/alice.key"]
+        user_id = must(["jobctl", *alice, "run", "-d", "--", "sleep", "600"]).strip().splitlines()[-1]
+        user_cg = wait_running(user_id)
+        user_group = os.path.join(JOBS_CG, "user-alice")
+        user_shipped = {k: shipped_ceiling("per_user", k) for k in ("cpu", "memory", "pids")}
+        user = {"job_cgroup": user_cg, "shipped_per_user": user_shipped,
+                "subtree_control": read(os.path.join(user_group, "cgroup.subtree_control")).split(),
+                "memory.max": read(os.path.join(user_group, "memory.max")).strip(),
+                "pids.max": read(os.path.join(user_group, "pids.max")).strip(),
+                "cpu.max": read(os.path.join(user_group, "cpu.max")).strip()}
+        must(["jobctl", *alice, "stop", "--grace", "1", user_id], timeout=120)
+        user["group_removed_after_stop"] = wait_for(f"{user_group} removed", lambda: not os.path.exists(user_group), 30)
+        detail["user"] = user
+        if user_cg != os.path.join(user_group, user_id) or not {"cpu", "io", "memory", "pids"} <= set(user["subtree_control"]):
+            raise AssertionError(f"a user's job is not in jobs/user-<name>/<id> with the controllers enabled: {detail}")
+        if user_shipped != {"cpu": "null", "memory": "50%", "pids": "4096"}:
+            raise AssertionError(f"this check knows the shipped limits.per_user of cpu null, memory 50%, pids 4096: {detail}")
+        want_user_memory = mem_total * 50 // 100 // page * page
+        if (abs(int(user["memory.max"]) - want_user_memory) > page or user["pids.max"] != "4096"
+                or cpu_max_cores(user["cpu.max"]) is not None):
+            raise AssertionError(f"the user group's ceilings are not the shipped 50% of RAM and 4096 pids: {detail}")
+        if cg != os.path.join(JOBS_CG, "admin", job_id) or inside != f"0::/system.slice/jobworkerd.service/jobs/admin/{job_id}":
+            raise AssertionError(f"the job is not in jobs/admin/<id>: {detail}")
+        if not {"cpu", "io", "memory", "pids"} <= set(detail["subtree_control"]) or detail["group_procs"]:
+            raise AssertionError(f"the group does not enable the controllers, or holds processes: {detail}")
+        if shipped != {"cpu": "null", "memory": "90%", "pids": "null"}:
+            raise AssertionError(f"this check knows the shipped limits.admins of cpu null, memory 90%, pids null: {detail}")
+        want_memory = mem_total * 90 // 100 // page * page
+        if abs(int(detail["memory.max"]) - want_memory) > page or detail["memory.swap.max"] != "0":
+            raise AssertionError(f"the group's memory ceiling is not 90% of RAM (swap included): want {want_memory}: {detail}")
+        if detail["pids.max"] != "max" or cpu_max_cores(detail["cpu.max"]) is not None:
+            raise AssertionError(f"the group has a pids or cpu ceiling the shipped config does not set: {detail}")
+        if leftover or job["reason"] != "stopped":
+            raise AssertionError(f"an earlier job left its group behind, or the job did not stop: {detail}")
+        return detail
+
     @check("containment", needs=("first-job",))
     def _():
         # The output lives on the daemon's own tmpfs (limits.output_total, 25% of RAM by default), the run
@@ -479,7 +557,7 @@ def main() -> int:
         if proc.returncode != 0:
             raise AssertionError(f"limited job exited {proc.returncode}: {proc.stdout}")
         for expected in ("memory.max: 67108864", "memory.swap.max: 0", "pids.max: 20",
-                         "/system.slice/jobworkerd.service/jobs/"):
+                         "/system.slice/jobworkerd.service/jobs/admin/"):
             if expected not in proc.stdout:
                 raise AssertionError(f"{expected!r} not in the job's output: {proc.stdout}")
         cpu_line = [l for l in proc.stdout.splitlines() if l.startswith("cpu.max: ")]

@@ -35,6 +35,7 @@ CHECKS = [
     "install",
     "service-active",
     "first-job",
+    "job-group",
     "containment",
     "man-pages",
     "bash-completion",
