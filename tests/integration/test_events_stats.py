@@ -46,6 +46,13 @@ class Watcher:
             if event.job.id == job_id and event.type == kind:
                 return taken
 
+    def ready(self, stub) -> "Watcher":
+        """Returns once the stream is being served: the events of a job started now have come through (a
+        stream opened a moment before a job starts could otherwise miss its first events)."""
+        probe = start(stub, "true")
+        self.take_until(probe.id, E.JOB_EVENT_TYPE_FINISHED)
+        return self
+
     def close(self) -> None:
         self.call.cancel()
 
@@ -56,12 +63,8 @@ def kinds(events, job_id: str) -> list[int]:
 
 def test_each_watcher_sees_its_own_jobs_changes_and_an_admin_sees_all(daemon):
     admin, alice, bob = daemon.stub("admin", "admin"), daemon.stub("alice", "user"), daemon.stub("bob", "user")
-    watchers = {name: Watcher(stub) for name, stub in (("admin", admin), ("alice", alice), ("bob", bob))}
+    watchers = {name: Watcher(stub).ready(stub) for name, stub in (("admin", admin), ("alice", alice), ("bob", bob))}
     try:
-        # A WatchJobs stream is open once the daemon answers it; an unrelated job marks that point.
-        mark = start(admin, "true")
-        wait_job(admin, mark.id)
-        watchers["admin"].take_until(mark.id, E.JOB_EVENT_TYPE_FINISHED)
         a = sh(alice, "echo secret-args-are-not-in-events")
         b = start(bob, "sleep", "600")
         wait_job(alice, a.id)
@@ -87,7 +90,7 @@ def test_each_watcher_sees_its_own_jobs_changes_and_an_admin_sees_all(daemon):
 def test_a_watcher_resumes_after_its_last_revision_and_too_old_a_revision_is_out_of_range(daemon_factory):
     d = daemon_factory({"events": {"history": 8}}).start()
     alice = d.stub("alice", "user")
-    watcher = Watcher(alice)
+    watcher = Watcher(alice).ready(alice)
     try:
         first = sh(alice, "exit 0")
         wait_job(alice, first.id)
@@ -122,7 +125,7 @@ def test_a_watcher_resumes_after_its_last_revision_and_too_old_a_revision_is_out
     error = rpc_error(lambda: next(iter(alice.WatchJobs(pb.WatchJobsRequest(after_revision=missed[-1].revision),
                                                          timeout=30))))
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE
-    watcher = Watcher(alice)
+    watcher = Watcher(alice).ready(alice)
     try:
         job = start(alice, "true")
         after_restart = watcher.take_until(job.id, E.JOB_EVENT_TYPE_FINISHED)
@@ -162,7 +165,7 @@ def slow_reader(watching, stub) -> None:
 
 def test_jobctl_events_prints_a_line_or_a_json_object_per_event(daemon):
     admin = daemon.stub()
-    watcher = Watcher(admin)
+    watcher = Watcher(admin).ready(admin)
     try:
         job = sh(admin, "exit 7", name="evented")
         wait_job(admin, job.id)
