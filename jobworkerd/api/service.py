@@ -87,9 +87,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
         owner = list_owner(self._identity(context))
         size = page_size(request.page_size)
-        records = await self._run(self.manager.list, owner, page_after(request.page_token), size + 1,
-                                  request.running_only, tuple(request.job_ids))
         summary = request.view == pb.JOB_VIEW_SUMMARY
+        records = await self._run(self.manager.list, owner, page_after(request.page_token), size + 1,
+                                  request.running_only, tuple(request.job_ids), summary)
         jobs, used = [], 0
         for record in records[:size]:  # a page ends early rather than grow past MAX_PAGE_BYTES
             job = job_to_proto(record, summary)

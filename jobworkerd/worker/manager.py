@@ -314,7 +314,7 @@ class JobManager:
 
     def list(
         self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None,
-        running_only: bool = False, job_ids: Sequence[str] = (),
+        running_only: bool = False, job_ids: Sequence[str] = (), summary: bool = False,
     ) -> list[JobRecord]:
         """Jobs oldest first (of one owner, or all); a page of `limit` after (created_at, id) if given. Only
         those not finished yet with `running_only`, only those named with `job_ids` (unknown ids and others'
@@ -326,7 +326,7 @@ class JobManager:
         with self._lock:
             running = dict(self._running)
         if not running_only and not job_ids:
-            records = [self._unstored.get(r.id, r) for r in self.store.list(owner, after, limit)]
+            records = [self._unstored.get(r.id, r) for r in self.store.list(owner, after, limit, summary)]
             return [self._live(running[r.id]) if r.id in running else r for r in records]
         if job_ids:
             found = [running[i].record if i in running else self._unstored.get(i) or self.store.get(i)
@@ -677,8 +677,9 @@ def classify_recovered(
 
 def classify_end(exit_code: int | None, sig: int | None, oom_kills: int, memory: int | None) -> tuple[Reason, str]:
     if oom_kills and (sig == signal.SIGKILL or (exit_code or 0) != 0):
-        limit = f" of {memory} bytes" if memory else ""
-        return Reason.OOM_KILLED, f"killed by the kernel's OOM killer at the memory limit{limit} ({oom_kills} kill(s))"
+        limit = f"its memory limit of {memory} bytes" if memory else "a memory limit"
+        return Reason.OOM_KILLED, (f"killed by the kernel's OOM killer at {limit} or its group's memory ceiling "
+                                   f"(limits.per_user) ({oom_kills} kill(s))")
     return Reason.EXITED, ""
 
 

@@ -40,6 +40,10 @@ class JobStore:
         self._lock = threading.Lock()
         self._db = self._connect()
         self._db.executescript(SCHEMA)
+        if "summary" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            # The record without arguments and environment, for listings: a page of large records
+            # must not cost decoding all of them (NULL in rows written before: the record stands in).
+            self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
         self._upgrade()
 
     def _upgrade(self) -> None:
@@ -72,13 +76,17 @@ class JobStore:
         return db
 
     def put(self, record: JobRecord) -> None:
-        data = json.dumps(record.to_dict(), separators=(",", ":"))
+        full = record.to_dict()
+        data = json.dumps(full, separators=(",", ":"))
+        full["spec"] = {**full["spec"], "args": [], "env": {}}
+        summary = json.dumps(full, separators=(",", ":"))
         try:
             with self._lock:
                 self._db.execute(
-                    "INSERT INTO jobs (id, owner, created_at, state, record) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
-                    (record.id, record.owner, record.created_at, record.state.value, data),
+                    "INSERT INTO jobs (id, owner, created_at, state, record, summary) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record, "
+                    "summary = excluded.summary",
+                    (record.id, record.owner, record.created_at, record.state.value, data, summary),
                 )
         except sqlite3.OperationalError as exc:
             self._reconnect()  # after a full disk (an I/O error on the WAL index) the old connection may stay broken
@@ -101,9 +109,11 @@ class JobStore:
         return JobRecord.from_dict(json.loads(row[0])) if row else None
 
     def list(
-        self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None
+        self, owner: str | None = None, after: tuple[float, str] | None = None, limit: int | None = None,
+        summary: bool = False,
     ) -> list[JobRecord]:
-        """Oldest first; `after` (created_at, id) of the last record of the previous page."""
+        """Oldest first; `after` (created_at, id) of the last record of the previous page. With `summary`, the
+        records come without their arguments and environment (cheap to read however large they are)."""
         clauses, params = [], []
         if owner is not None:
             clauses.append("owner = ?")
@@ -111,7 +121,8 @@ class JobStore:
         if after is not None:
             clauses.append("(created_at, id) > (?, ?)")
             params += list(after)
-        query = "SELECT record FROM jobs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        column = "coalesce(summary, record)" if summary else "record"
+        query = f"SELECT {column} FROM jobs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         query += " ORDER BY created_at, id"
         if limit is not None:
             query += " LIMIT ?"

@@ -87,17 +87,21 @@ def test_streams_and_waits_quotas(governed):
         assert [next(s).data for s in streams] == [b"hi\n", b"hi\n"]  # both streams are being served
         third = lambda: next(alice.StreamOutput(pb.StreamOutputRequest(job_id=job.id), timeout=30))  # noqa: E731
         assert "quota streams is 2 for 'alice', who has 2 open" in refusal(third)
-        waits = [alice.WaitJob.future(pb.WaitJobRequest(job_id=job.id), timeout=60) for _ in range(2)]
+        # Five waits at once: whatever order they reach the daemon in, two are held and three refused.
+        waits = [alice.WaitJob.future(pb.WaitJobRequest(job_id=job.id), timeout=60) for _ in range(5)]
+        refused = wait_until(lambda: [w for w in waits if w.done()] if sum(w.done() for w in waits) == 3 else None,
+                             "three of five waits to be refused")
+        assert {w.code() for w in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert "quota waits is 2 for 'alice', who has 2 open" in refused[0].details()
+        held = [w for w in waits if not w.done()]
         another_wait = lambda: alice.WaitJob(pb.WaitJobRequest(job_id=job.id), timeout=0.5)  # noqa: E731
-        message = wait_until(lambda: refusal(another_wait), "both waits to be held")
-        assert "quota waits is 2 for 'alice', who has 2 open" in message
         streams[0].cancel()
-        waits[0].cancel()
+        held[0].cancel()
         wait_until(lambda: refusal(another_wait) is None, "a wait's place to come back")
         assert next(alice.StreamOutput(pb.StreamOutputRequest(job_id=job.id), timeout=30)).data == b"hi\n"
     finally:
         admin.StopJob(pb.StopJobRequest(job_id=job.id, grace_seconds=0), timeout=30)
-    assert waits[1].result().reason == R.TERMINATION_REASON_STOPPED
+    assert held[1].result().reason == R.TERMINATION_REASON_STOPPED
 
 
 def test_the_start_rate_is_a_token_bucket_per_user(daemon_factory):
