@@ -242,12 +242,12 @@ class JobManager:
             os.close(output_fd)
         record = record.evolve(state=JobState.RUNNING, started_at=time.time(), pid=launched.init_pid)
         running = _Running(record, launched.status_fd, output_path, exit_file)
-        if spec.timeout is not None:
-            running.deadline_timer = self.timers.call_later(spec.timeout,
-                                                            lambda: self._enders.submit(self._deadline, running))
         with self._lock:
             self._running[job_id] = running
             self._pending.append(running)
+            if spec.timeout is not None:  # once the job is known, so that even a tiny deadline finds it
+                running.deadline_timer = self.timers.call_later(spec.timeout,
+                                                                lambda: self._enders.submit(self._deadline, running))
             # Stored under the lock: the monitor thread takes the lock before recording the job's end,
             # so the RUNNING record can never overwrite a FINISHED one (nor its event follow the end's).
             self._store_and_announce(record)
@@ -438,7 +438,7 @@ class JobManager:
             log.exception("job %s: recording its end failed", running.record.id)
 
     def _finish(self, running: _Running) -> None:
-        """The job's init has exited: the kernel is killing the rest of its namespace. Record the end."""
+        """The job's init has exited, after ending every process of the job. Record the end."""
         os.close(running.status_fd)
         for timer in (running.kill_timer, running.deadline_timer):
             if timer is not None:
@@ -467,7 +467,7 @@ class JobManager:
                 reason=reason,
                 exit_code=exit_code,
                 signal=sig,
-                message=message + error,
+                message="; ".join(m for m in (message, running.record.message) if m) + error,  # + a start's note
                 finished_at=time.time(),
                 usage=usage,
             )
