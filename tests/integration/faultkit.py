@@ -5,11 +5,13 @@ Nothing here waits on wall-clock thresholds: every wait is "poll until true, fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -150,3 +152,31 @@ def report(config, line: str) -> None:
         return
     with capture.global_and_fixture_disabled():
         reporter.write_line(line)
+
+
+def forkserver_of(daemon) -> int:
+    """The PID of a running daemon's launcher forkserver (its child started with --forkserver)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == daemon.pid and b"--forkserver" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    return int(entry)
+            except OSError:
+                continue
+    raise AssertionError("no forkserver among the daemon's children")
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, size: str = "4M", mode: str = "0755") -> Iterator[Path]:
+    """A tmpfs of its own that a test can fill (a full disk), unmounted (with any daemon output tmpfs
+    inside it) even when the test fails."""
+    from daemon_harness import unmount_output_tmpfs
+
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        unmount_output_tmpfs(mount_point)
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from faultkit import marked_processes, new_marker, rpc_error, start, wait_until
+from faultkit import forkserver_of, marked_processes, new_marker, rpc_error, small_tmpfs, start, wait_until
 from faultkit import wait_job as wait_job_rpc
 
 from jobworkerd.gen.jobworker.v1 import jobworker_pb2 as pb
@@ -67,18 +67,6 @@ def ioprio_of(pid: int) -> int:
     return _libc.syscall(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, pid)
 
 
-def forkserver_pid(d) -> int:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == d.pid and b"--forkserver" in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    return int(entry)
-            except OSError:
-                continue
-    raise AssertionError("no forkserver among the daemon's children")
-
-
 @pytest.fixture
 def victim(d):
     """Another user's running job (both users' jobs run as nobody), and the daemon's processes."""
@@ -93,7 +81,7 @@ def untouched(d, job_id: str, pid: int, nice: int = 0, ioprio: int | None = None
     assert d.proc.poll() is None, "the daemon has exited"
     assert job_state(d, job_id) == "running"
     assert pid in [p for p in (int(x) for x in os.listdir("/proc") if x.isdigit())]
-    for process in (pid, d.pid, forkserver_pid(d)):
+    for process in (pid, d.pid, forkserver_of(d)):
         assert nice_of(process) == nice, f"process {process} was reniced"
         if ioprio is not None:
             assert ioprio_of(process) == ioprio, f"process {process} got another io priority"
@@ -228,16 +216,8 @@ def test_the_run_directory_tree_is_root_only(d):
 @pytest.fixture
 def host_run(tmp_path):
     """A small tmpfs standing for the host's /run (4M), holding the daemon's run directory."""
-    mount_point = tmp_path / "host-run"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=0755", "tmpfs", str(mount_point)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "host-run") as mount_point:
         yield mount_point
-    finally:
-        from daemon_harness import unmount_output_tmpfs
-
-        unmount_output_tmpfs(mount_point)
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def free_bytes(path) -> int:

@@ -922,13 +922,10 @@ def test_a_newline_in_a_failure_detail_stays_in_its_message(manager, tmp_path):
 @pytest.fixture
 def small_state(tmp_path):
     """A state directory on a 4 MiB tmpfs that the test can fill (a full disk for the job store)."""
-    mount_point = tmp_path / "state-fs"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=0700", "tmpfs", str(mount_point)], check=True)
-    try:
+    from faultkit import small_tmpfs
+
+    with small_tmpfs(tmp_path / "state-fs", mode="0700") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def fill(directory: Path) -> Path:
