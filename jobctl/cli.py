@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from jobworkerd.units import parse_duration, parse_size
 
+from .console import say
 from .errors import JobctlError, UsageError
 
 # Hidden (not in the parser, --help or the man page): job ids for shell completion, see complete.py.
@@ -307,21 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, _, handler = args.handler.rpartition(".")
         return getattr(importlib.import_module(f".{module or 'commands'}", __package__), handler)(args)
     except JobctlError as err:
-        _report(err.message)
+        say(err.message)
         return err.exit_code
     except KeyboardInterrupt:
-        _report("interrupted")
+        say("interrupted")
         return 130
     except BrokenPipeError:
         # stdout's reader went away (jobctl logs ID | head): quietly, as a SIGPIPE'd tool would.
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
         return 141
-
-
-def _report(message: str) -> None:
-    sys.stderr.write(f"jobctl: {message}\n")
-    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from jobworkerd.gen.jobworker.v1 import jobworker_pb2 as pb
 
 from . import render
 from .client import Client
+from .console import line as _print
+from .console import say as _say
 from .errors import JobctlError
 from .settings import KEYS, resolve
 
@@ -219,14 +221,6 @@ def _copy(chunks) -> None:
         out.flush()
 
 
-def _print(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(f"jobctl: {message}\n")
-    sys.stderr.flush()
 
 
 def _discard_stdout() -> None:

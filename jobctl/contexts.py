@@ -13,11 +13,12 @@ import argparse
 import contextlib
 import fcntl
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from .console import line as _print
+from .console import say as _say
 from .errors import JobctlError, UsageError
 from .settings import (
     CONTEXT_ENV,
@@ -224,12 +225,4 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _print(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(f"jobctl: {message}\n")
-    sys.stderr.flush()
 

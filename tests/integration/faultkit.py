@@ -180,3 +180,23 @@ def small_tmpfs(mount_point: Path, size: str = "4M", mode: str = "0755") -> Iter
     finally:
         unmount_output_tmpfs(mount_point)
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+# -- this host's cgroup v1 hierarchies (the library tests create job cgroups beneath their own) --------------------
+
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def v1_usable() -> bool:
+    return all((CGROUP_ROOT / c / "tasks").exists() for c in V1_CONTROLLERS if c != "blkio")
+
+
+def own_cgroups() -> dict[str, str]:
+    """This process's cgroup in each v1 hierarchy, by controller."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            own[controller] = path
+    return own

@@ -14,36 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
+from faultkit import CGROUP_ROOT, V1_CONTROLLERS, own_cgroups, v1_usable
 
 from jobworkerd.config import config_from_dict
 from jobworkerd.worker import JobGroup, JobManager, JobSpec, Limits, Reason
 
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 SUBTREE = f"jobworkerd-groups-{os.getpid()}"
 PYTHON = "/usr/bin/python3"
 DEADLINE = 30.0
 ALICE, BOB = JobGroup.of("alice", False), JobGroup.of("bob", False)
 
 
-def _v1_usable() -> bool:
-    return all((CGROUP_ROOT / c / "tasks").exists() for c in V1_CONTROLLERS if c != "blkio")
-
-
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: real cgroups and namespaces"),
-    pytest.mark.skipif(not _v1_usable(), reason="needs cgroup v1 controllers mounted under /sys/fs/cgroup (hybrid host)"),
+    pytest.mark.skipif(not v1_usable(), reason="needs cgroup v1 controllers mounted under /sys/fs/cgroup (hybrid host)"),
 ]
-
-
-def own_cgroups() -> dict[str, str]:
-    own = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(","):
-            own[controller] = path
-    return own
 
 
 def jobs_dir(controller: str, subtree: str = SUBTREE) -> Path:

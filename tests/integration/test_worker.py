@@ -24,41 +24,27 @@ import time
 from pathlib import Path
 
 import pytest
+from faultkit import CGROUP_ROOT, V1_CONTROLLERS, own_cgroups, v1_usable
 
 from jobworkerd.config import config_from_dict
 from jobworkerd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StartFailed
 from jobworkerd.worker import JobManager, JobSpec, JobState, Limits, Reason
 from jobworkerd.worker.output import aread_output, read_output
 
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 SUBTREE = f"jobworkerd-test-{os.getpid()}"
 PYTHON = "/usr/bin/python3"  # the system interpreter, for job programs (not the test venv)
 GRACE = 2.0
 DEADLINE = 30.0  # for waits that only time out when something is broken
 
 
-def _v1_usable() -> bool:
-    return all((CGROUP_ROOT / c / "tasks").exists() for c in ("cpu", "cpuacct", "memory", "pids", "freezer"))
-
-
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: real cgroups, namespaces and run-as users"),
-    pytest.mark.skipif(not _v1_usable(), reason="needs cgroup v1 controllers mounted under /sys/fs/cgroup (hybrid host)"),
+    pytest.mark.skipif(not v1_usable(), reason="needs cgroup v1 controllers mounted under /sys/fs/cgroup (hybrid host)"),
 ]
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-def own_cgroups() -> dict[str, str]:
-    own = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(","):
-            own[controller] = path
-    return own
 
 
 def subtree_dirs(subtree: str = SUBTREE) -> list[Path]:
