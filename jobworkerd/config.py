@@ -16,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from .units import parse_duration, parse_size
-from .worker.models import JobGroup, Limits
+from .resources import JobGroup, Limits
 
 DEFAULT_CONFIG_PATH = "/etc/jobworkerd/config.yaml"
 

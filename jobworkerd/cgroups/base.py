@@ -22,7 +22,7 @@ import threading
 import time
 
 from ..errors import InternalError, InvalidArgument
-from ..worker.models import ADMIN_GROUP, IOTarget, JobGroup, Limits, Usage
+from ..resources import ADMIN_GROUP, IOTarget, JobGroup, Limits, Usage
 from .groups import group_dir, is_job_id
 
 log = logging.getLogger("jobworkerd.cgroups")

@@ -6,7 +6,7 @@ import os
 import stat
 
 from ..errors import InvalidArgument
-from ..worker.models import IOTarget
+from ..resources import IOTarget
 
 
 def block_device_for(path: str, sys_dev_block: str = "/sys/dev/block") -> IOTarget:

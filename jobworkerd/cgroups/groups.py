@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ..worker.models import JobGroup
+from ..resources import JobGroup
 
 ADMIN_DIR = "admin"
 USER_PREFIX = "user-"

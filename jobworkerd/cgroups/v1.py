@@ -18,7 +18,7 @@ import time
 from cgroupspy.nodes import Node
 
 from ..errors import InternalError
-from ..worker.models import IOTarget, Limits, Usage
+from ..resources import IOTarget, Limits, Usage
 from .base import (
     CFS_PERIOD_US,
     JOBS_DIR,

@@ -13,7 +13,7 @@ import os
 import time
 
 from ..errors import InternalError
-from ..worker.models import IOTarget, Limits, Usage
+from ..resources import IOTarget, Limits, Usage
 from .base import (
     CFS_PERIOD_US,
     JOBS_DIR,
