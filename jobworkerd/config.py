@@ -402,6 +402,101 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SandboxProfile:
+    """What a job of this profile gets (docs/SECURITY.md, "The sandbox"). A confined profile is every
+    hardening at once; privileged (admins) drops all of it but the PID, mount, network, UTS and IPC
+    namespaces and the cgroup limits."""
+
+    privileged: bool = False  # every capability, no seccomp, the host's /dev /run /tmp /sys, a writable /
+    seccomp: str = "default"  # default: the built-in filter (jobworkerd/sandbox/seccomp.py); unconfined: none
+    read_only_root: bool = True  # the host's / read-only but for the job's directory and writable_paths
+    tmp_size: int = 256 << 20  # each private tmpfs (/tmp, /var/tmp, /dev/shm, /run); charged to the job's memory
+    writable_paths: tuple[str, ...] = ()  # host directories writable in every job of this profile
+
+    _convert = {
+        "privileged": _bool, "seccomp": _choice("default", "unconfined"), "read_only_root": _bool,
+        "tmp_size": lambda v, k: _size_at_least(v, k, 1 << 20), "writable_paths": lambda v, k: _path_list(v, k),
+    }
+
+    @property
+    def confined(self) -> bool:
+        return not self.privileged and self.seccomp == "default" and self.read_only_root
+
+
+@dataclass(frozen=True)
+class SandboxRole:
+    profile: str = "default"  # what a job of this role gets when it names none
+    allowed: tuple[str, ...] = ("default",)  # the profiles it may name
+
+    _convert = {"profile": _str, "allowed": _str_list}
+
+
+BUILTIN_PROFILES = {
+    "default": SandboxProfile(),
+    "privileged": SandboxProfile(privileged=True, seccomp="unconfined", read_only_root=False),
+}
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    profiles: dict[str, SandboxProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
+    user: SandboxRole = field(default_factory=SandboxRole)
+    admin: SandboxRole = field(default_factory=lambda: SandboxRole("default", ("default", "privileged")))
+    user_mount_prefixes: tuple[str, ...] = ()  # a user's --mount sources must be below one of these
+    user_rootfs: tuple[str, ...] = ()  # the image directories a user may name with --rootfs
+
+    _convert = {
+        "profiles": lambda v, k: _profiles(v, k),
+        "user": lambda v, k: _section(SandboxRole, v, k),
+        "admin": lambda v, k: _section(SandboxRole, v, k),
+        "user_mount_prefixes": lambda v, k: _path_list(v, k),
+        "user_rootfs": lambda v, k: _path_list(v, k),
+    }
+
+    def role(self, is_admin: bool) -> SandboxRole:
+        return self.admin if is_admin else self.user
+
+
+def _size_at_least(value: Any, key: str, least: int) -> int:
+    size = _size(value, key)
+    if size < least:
+        raise ConfigError(f"{key}: at least {least >> 20}M, got {value!r}")
+    return size
+
+
+def _path_list(value: Any, key: str) -> tuple[str, ...]:
+    return tuple(os.path.normpath(_path(v, key)) for v in _str_list(value, key))
+
+
+def _profiles(value: Any, key: str) -> dict[str, SandboxProfile]:
+    """The built-in profiles, and those the config adds or redefines."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of profile names to profiles, got {value!r}")
+    profiles = dict(BUILTIN_PROFILES)
+    for name, profile in value.items():
+        profiles[str(name)] = _section(SandboxProfile, profile, f"{key}.{name}")
+    return profiles
+
+
+def _sandbox(value: Any, key: str) -> SandboxConfig:
+    """The section, with its cross-checks: roles name profiles that exist, and a user-role job can never
+    be given a loosened profile, whatever the config says."""
+    sandbox = _section(SandboxConfig, value, key)
+    for role_name in ("user", "admin"):
+        role = getattr(sandbox, role_name)
+        for name in (role.profile, *role.allowed):
+            if name not in sandbox.profiles:
+                raise ConfigError(f"{key}.{role_name}: no profile {name!r} (profiles: {', '.join(sandbox.profiles)})")
+        if role.profile not in role.allowed:
+            raise ConfigError(f"{key}.{role_name}.profile: {role.profile!r} must be one of {role_name}.allowed")
+    for name in sandbox.user.allowed:
+        if not sandbox.profiles[name].confined:
+            raise ConfigError(f"{key}.user.allowed: profile {name!r} is loosened (privileged, seccomp unconfined or a "
+                              "writable host /); user-role jobs get only confined profiles")
+    return sandbox
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:7443"
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -419,6 +514,7 @@ class Config:
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     _convert = {
         "listen": _str,
@@ -435,6 +531,7 @@ class Config:
         "quotas": lambda v, k: _section(QuotasConfig, v, k),
         "history": lambda v, k: _section(HistoryConfig, v, k),
         "metrics": lambda v, k: _section(MetricsConfig, v, k),
+        "sandbox": _sandbox,
     }
 
 

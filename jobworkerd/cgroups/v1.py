@@ -144,6 +144,20 @@ class V1Backend(CgroupBackend):
         # per hierarchy for an RCU grace period.
         return [self._file(c, job_id, "tasks") for c in self.controllers]
 
+    def namespace_view(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """What a job's cgroup namespace shows at /sys/fs/cgroup, in docker's v1 layout: a directory per
+        hierarchy the job is in, named as on the host ("cpu,cpuacct" with links "cpu" and "cpuacct"
+        where they are mounted together), as (directory, fstype, mount options), and the links."""
+        hierarchies: dict[str, list[str]] = {}
+        for controller, mount_point in self._mounts.items():
+            hierarchies.setdefault(mount_point, []).append(controller)
+        views, links = [], []
+        for mount_point in sorted({self._mounts[c] for c in self.controllers}):
+            name = os.path.basename(mount_point)
+            views.append((name, "cgroup", ",".join(sorted(hierarchies[mount_point]))))
+            links += [(c, name) for c in sorted(hierarchies[mount_point]) if c != name]
+        return views, links
+
     def pids(self, job_id: str) -> list[int]:
         # pids is the controller every process of the job is in; it never misses a fork.
         return read_pids(self._file("pids", job_id, "cgroup.procs"))

@@ -116,6 +116,10 @@ class V2Backend(CgroupBackend):
     def join_files(self, job_id: str) -> list[str]:
         return [self._file(job_id, "cgroup.procs")]
 
+    def namespace_view(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """A job's cgroup namespace shows its own cgroup as the root of /sys/fs/cgroup."""
+        return [(".", "cgroup2", "")], []
+
     def pids(self, job_id: str) -> list[int]:
         return read_pids(self._file(job_id, "cgroup.procs"))
 

@@ -63,10 +63,12 @@ import _signal  # noqa: E402
 import _socket  # noqa: E402
 import struct  # noqa: E402
 
-from shim import run_init  # noqa: E402
-from syscalls import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, MS_PRIVATE, MS_REC, StepError, check, libc  # noqa: E402
+from shim import open_host_files, run_init  # noqa: E402
+from syscalls import (  # noqa: E402
+    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, MS_PRIVATE, MS_REC, StepError, check, libc,
+)
 
-LIST_FIELDS = ("arg", "env", "join", "group", "hide")
+LIST_FIELDS = ("arg", "env", "join", "group", "hide", "bind", "device", "cgview", "cglink")
 
 
 class TruncatedSpec(Exception):
@@ -119,19 +121,23 @@ def launch_job(spec_fd, output_fd, status_fd):
         os.close(spec_fd)
     os.close(devnull)
     try:
-        check("unshare", libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET))
+        exit_fd, cgroup_files = open_host_files(spec)
+        check("unshare", libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC))
         # Private before anything is mounted, so nothing the job's init mounts or hides reaches the host.
         check("make-mounts-private", libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
         pid = os.fork()
     except StepError as exc:
         report(status_fd, f"fail {exc.step} {exc.err} {exc.detail}")
         os._exit(1)
+    except OSError as exc:
+        report(status_fd, f"fail open-exit-file {exc.errno} {exc.filename}")
+        os._exit(1)
     if pid:
         report(status_fd, f"pid {pid}")
         os._exit(0)
     code = 1
     try:
-        code = run_init(spec, status_fd, output_fd, report)
+        code = run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, report)
     except StepError as exc:
         report(status_fd, f"fail {exc.step} {exc.err} {exc.detail}")
     except OSError as exc:

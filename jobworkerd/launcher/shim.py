@@ -13,7 +13,8 @@ import struct
 
 import _signal
 import _socket
-from syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, StepError, check, hide, libc, lower_soft_nofile, mount
+from sandbox import Sandbox, build_filesystem, confine, drop_bounding_set, install_seccomp, mount_cgroup_view
+from syscalls import StepError, hide, lower_soft_nofile, set_hostname
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 F_SETPIPE_SZ, FIONREAD = 1031, 0x541B
@@ -36,24 +37,43 @@ def bring_up_loopback():
         sock.close()
 
 
-def join_cgroup(files):
+def open_host_files(spec):
+    """L opens, before it leaves the host's mount namespace, the files C and G write: the exit file and
+    the job cgroup's join files. Opened there, they are writers on the host's mounts, not on the job's
+    copies, which can then be made read-only (a mount with a writer cannot), and the job's view of
+    /sys/fs/cgroup can replace the host's. Preallocated so that a full output budget (this job's own
+    output may fill it) cannot keep the status from being written; blanks: no status yet."""
+    exit_fd = os.open(spec["exit_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.write(exit_fd, b" " * EXIT_FILE_WIDTH)
+    return exit_fd, _open_cgroup_files(spec["join"])
+
+
+def _open_cgroup_files(files):
+    opened = []
+    for path in files:
+        try:
+            opened.append((path, os.open(path, os.O_WRONLY | os.O_CLOEXEC)))
+        except OSError as exc:
+            raise StepError("join-cgroup", exc.errno, path.decode(errors="replace")) from None
+    return opened
+
+
+def join_cgroup(opened):
     # G joins, not C: the init and the output it writes (tmpfs pages are charged to the writer's memory
     # cgroup) must not count against the job's own limits, as conmon and containerd-shim sit outside
     # their containers' cgroups. Before exec, so the program is accounted from its first page.
-    for path in files:
+    for path, fd in opened:
         try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
+            os.write(fd, b"0")
+            os.close(fd)
         except OSError as exc:
             raise StepError("join-cgroup", exc.errno, path.decode(errors="replace")) from None
 
 
-def exec_program(spec, output_w, exec_w):
-    """G: stdout and stderr onto the output pipe, into the job's cgroup, drop to the run-as user, chdir,
-    exec. Never returns; failures go to the exec pipe (close-on-exec: EOF there means exec happened)."""
+def exec_program(spec, box, cgroup_files, output_w, exec_w):
+    """G: stdout and stderr onto the output pipe, into the job's cgroup and its view, drop to the run-as
+    user and the sandbox's privileges, chdir, exec. Never returns; failures go to the exec pipe
+    (close-on-exec: EOF there means exec happened)."""
     step, target = "setgroups", b""
     try:
         # Python ignores SIGPIPE and SIGXFSZ at start-up, and ignored signals survive execve: give the
@@ -63,17 +83,22 @@ def exec_program(spec, output_w, exec_w):
             _signal.signal(signum, _signal.SIG_DFL)
         os.dup2(output_w, 1)
         os.dup2(output_w, 2)
-        join_cgroup(spec["join"])
+        join_cgroup(cgroup_files)
+        mount_cgroup_view(box)
         lower_soft_nofile(JOB_NOFILE_SOFT)
         os.setgroups([int(g) for g in spec["group"]])
         step = "setgid"
         os.setgid(int(spec["gid"]))
+        drop_bounding_set(box)
         step = "setuid"
         os.setuid(int(spec["uid"]))
+        confine(box)
         step, target = "chdir", spec["cwd"]
         os.chdir(target)
+        env = dict(e.partition(b"=")[::2] for e in spec["env"])
+        install_seccomp(box)
         step, target = "exec", spec["program"]
-        os.execve(target, spec["arg"], dict(e.partition(b"=")[::2] for e in spec["env"]))
+        os.execve(target, spec["arg"], env)
     except StepError as exc:
         os.write(exec_w, f"fail {exc.step} {exc.err} {exc.detail}".encode(errors="replace"))
     except OSError as exc:
@@ -183,18 +208,18 @@ def drain(output, status):
     return status if status is not None else 9
 
 
-def run_init(spec, status_fd, output_fd, report):
-    """C: own session, /proc, lo, the daemon's paths hidden, the output pipe; fork G; report whether the
-    program started; supervise; write the exit file. Returns the init's exit code."""
+def run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, report):
+    """C: own session and hostname, lo, the daemon's paths hidden, the sandbox's filesystem, the output
+    pipe; fork G; report whether the program started; supervise; write the exit file. Returns the init's
+    exit code."""
     os.setsid()  # kill(0), killpg(0) and setpriority(PRIO_PGRP, 0) from the job now reach only the job
-    mount("mount-proc", b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    box = Sandbox(spec)
+    if box.hostname:
+        set_hostname(box.hostname)
     bring_up_loopback()
-    # Opened before the run directory is hidden; preallocated so that a full output budget (this job's
-    # own output may have filled it) cannot keep the status from being written. Blanks: no status yet.
-    exit_fd = os.open(spec["exit_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    os.write(exit_fd, b" " * EXIT_FILE_WIDTH)
     for path in spec["hide"]:
         hide(path)
+    build_filesystem(box)
     os.set_inheritable(status_fd, False)  # the program must not hold it: its EOF means "init has exited"
     os.set_inheritable(output_fd, False)
     output_r, output_w = os.pipe()  # both close-on-exec; G dups the write end onto 1 and 2
@@ -209,9 +234,11 @@ def run_init(spec, status_fd, output_fd, report):
     exec_r, exec_w = os.pipe()
     program = os.fork()
     if program == 0:
-        exec_program(spec, output_w, exec_w)
+        exec_program(spec, box, cgroup_files, output_w, exec_w)
     os.close(exec_w)
     os.close(output_w)
+    for _path, fd in cgroup_files:
+        os.close(fd)
     outcome = os.read(exec_r, 4096).decode(errors="replace")
     os.close(exec_r)
     report(status_fd, outcome or "ok")

@@ -1,4 +1,4 @@
-"""The launcher's few system calls that Python 3.11 lacks (unshare, mount, umount2, setrlimit), through
+"""The launcher's few system calls that Python 3.11 lacks (unshare, mount, umount2, setrlimit, sethostname), through
 ctypes on libc, and the error every launcher step raises. Stdlib only: see __main__.py."""
 
 import ctypes
@@ -6,8 +6,10 @@ import ctypes
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 MNT_DETACH = 2
 EINVAL = 22
 RLIMIT_NOFILE = 7
@@ -50,3 +52,7 @@ def lower_soft_nofile(soft):
     if libc.getrlimit(RLIMIT_NOFILE, limit) == 0 and limit[0] > soft:
         limit[0] = min(soft, limit[1])
         libc.setrlimit(RLIMIT_NOFILE, limit)
+
+
+def set_hostname(name):
+    check("set-hostname", libc.sethostname(name, len(name)), name.decode(errors="replace"))

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from ..cgroups import CgroupBackend, detect
 from ..config import Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
+from ..sandbox.plan import decide, launcher_fields
 from .models import ADMIN_GROUP, JobGroup, JobRecord, JobSpec, JobState, Reason
 from .events import EventLog
 from .output import OutputHub, OutputSource
@@ -195,9 +196,15 @@ class JobManager:
         return self.status(job_id) if job_id else None
 
     def _start(self, spec: JobSpec, owner: str, default_user: str | None, group: JobGroup) -> JobRecord:
-        resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name)
+        sandbox = decide(spec.sandbox, group.admin, self.config.sandbox)  # the role's; PERMISSION_DENIED past it
+        spec = replace(spec, sandbox=replace(spec.sandbox, profile=sandbox.profile_name))
+        resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name,
+                           root=os.path.realpath(spec.sandbox.rootfs) if spec.sandbox.rootfs else "")
         self.run_dir.check_room()
         job_id = uuid.uuid4().hex[:12]
+        view, links = self.backend.namespace_view()
+        sandbox_fields = launcher_fields(sandbox, job_id=job_id, uid=resolved.uid, directory=resolved.directory,
+                                         hidden=self.hidden_paths, cgroup_view=view, cgroup_links=links)
         record = JobRecord(
             id=job_id, owner=owner, spec=spec, limits=resolved.limits, created_at=time.time()
         )
@@ -229,7 +236,7 @@ class JobManager:
                                            "for cgroups (memsw / memory.swap.max), so the job may swap beyond it")
         try:
             plan = LaunchPlan(self.backend.join_files(job_id), exit_file, self.config.limits.output_cap,
-                              self.hidden_paths)
+                              self.hidden_paths, sandbox_fields)
             launched = self._launch(resolved, plan, output_fd)
         except Exception as exc:
             self.backend.kill(job_id)

@@ -6,6 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..sandbox.options import SandboxRequest
 from ..resources import ADMIN_GROUP, IOTarget, JobGroup, Limits, Usage  # noqa: F401 (re-exported)
 
 
@@ -40,7 +41,6 @@ class Reason(str, enum.Enum):
 
 
 
-
 @dataclass(frozen=True)
 class JobSpec:
     """What to run. `command` is the program (a path, or a name looked up in PATH), `args` its arguments."""
@@ -54,7 +54,7 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     timeout: float | None = None  # seconds from the start; then it is stopped (reason timed-out)
-
+    sandbox: SandboxRequest = field(default_factory=SandboxRequest)
 
 
 
@@ -117,6 +117,7 @@ class JobRecord:
         spec_data = dict(data["spec"])
         spec_data["args"] = tuple(spec_data.get("args", ()))
         spec_data["limits"] = Limits(**spec_data.get("limits", {}))
+        spec_data["sandbox"] = SandboxRequest.from_dict(spec_data.get("sandbox", {}))
         return cls(
             id=data["id"],
             owner=data["owner"],

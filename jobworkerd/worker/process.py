@@ -54,6 +54,7 @@ class LaunchPlan:
     exit_file: str  # where the job's init writes "<raw wait status> [capped|full]"
     output_cap: int  # bytes of output the init copies at most
     hidden_paths: list[str] = field(default_factory=list)  # shown empty inside the job
+    sandbox_fields: list[tuple[str, str]] = field(default_factory=list)  # jobworkerd.sandbox.plan.launcher_fields
 
 
 def encode_spec(resolved: ResolvedSpec, plan: LaunchPlan) -> bytes:
@@ -65,6 +66,7 @@ def encode_spec(resolved: ResolvedSpec, plan: LaunchPlan) -> bytes:
     fields += [("cap", str(plan.output_cap))]
     fields += [("arg", a) for a in resolved.argv]
     fields += [("env", f"{k}={v}") for k, v in resolved.env.items()]
+    fields += plan.sandbox_fields
     fields += [("end", "")]  # the launcher runs no spec that lacks it (a daemon that died mid-write)
     return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in fields)
 

@@ -98,31 +98,34 @@ def _group(name: str) -> int:
         raise InvalidArgument(f"run-as group {name!r} does not exist on this host") from None
 
 
-def _directory(path: str) -> str:
+def _directory(path: str, root: str = "") -> str:
     _text(path, "directory", max_len=4096)
     if not os.path.isabs(path):
         raise InvalidArgument(f"directory {path!r} must be an absolute path")
     path = os.path.normpath(path)
-    if not os.path.isdir(path):
-        raise InvalidArgument(f"directory {path!r} does not exist or is not a directory")
+    if not os.path.isdir(root + path):
+        inside = f" in the rootfs {root}" if root else ""
+        raise InvalidArgument(f"directory {path!r} does not exist{inside} or is not a directory")
     return path
 
 
-def find_program(command: str, path_var: str, directory: str, uid: int = 0, gids: tuple[int, ...] = ()) -> str:
+def find_program(command: str, path_var: str, directory: str, uid: int = 0, gids: tuple[int, ...] = (),
+                 root: str = "") -> str:
     """The program as the job's execvp would find it: a name with a slash is taken relative to the job's
     directory, others are looked up in PATH, whose relative entries (and empty ones, meaning ".") are the
     job's directory's too, never the daemon's. A file the run-as user (uid, and gids of its groups) may not
-    execute is passed over, as execvp goes on after EACCES."""
+    execute is passed over, as execvp goes on after EACCES. With a rootfs, paths are the image's (an
+    absolute symlink inside it is followed on the host: the launcher's exec has the last word)."""
     if "/" in command:
         candidate = os.path.normpath(os.path.join(directory, command))
-        if not os.path.exists(candidate):
-            raise FailedPrecondition(f"program {command!r} does not exist")
+        if not os.path.lexists(root + candidate):
+            raise FailedPrecondition(f"program {command!r} does not exist" + (f" in the rootfs {root}" if root else ""))
         return candidate
     refused = ""
     for entry in path_var.split(":"):
         candidate = os.path.normpath(os.path.join(directory, entry or ".", command))
         try:
-            st = os.stat(candidate)
+            st = os.stat(root + candidate)
         except OSError:
             continue
         if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
@@ -160,8 +163,9 @@ def _environment(env: dict[str, str], user: pwd.struct_passwd) -> dict[str, str]
     return result
 
 
-def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str) -> ResolvedSpec:
-    """Check everything about a spec before any resource is created for it."""
+def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str, root: str = "") -> ResolvedSpec:
+    """Check everything about a spec before any resource is created for it. `root`: the job's rootfs, in
+    which its directory and program are looked up (users and groups are the host's: ids are ids)."""
     validate_name(spec.name)
     _text(spec.command, "command", allow_empty=False, max_len=4096)
     size = len(spec.command.encode())
@@ -173,15 +177,15 @@ def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str) -> Re
     user = _user(_text(spec.user or default_user, "user", allow_empty=False, max_len=256))
     gid = _group(_text(spec.group, "group", max_len=256)) if spec.group else user.pw_gid
     groups = tuple(sorted(set(os.getgrouplist(user.pw_name, gid))))
-    directory = _directory(spec.directory or "/")
+    directory = _directory(spec.directory or "/", root)
     env = _environment(spec.env, user)
     limits = check_limits(spec.limits, limits_config)
     io_target = None
     if limits.has_io:
-        io_target = block_device_for(_text(limits.io_device or directory, "io device", max_len=4096))
+        io_target = block_device_for(_text(limits.io_device or root + directory, "io device", max_len=4096))
     elif limits.io_device:
         raise InvalidArgument("io device given without any io limit (io read/write bps or iops)")
-    program = find_program(spec.command, env["PATH"], directory, user.pw_uid, (gid, *groups))
+    program = find_program(spec.command, env["PATH"], directory, user.pw_uid, (gid, *groups), root)
     return ResolvedSpec(
         spec=spec,
         limits=limits,
