@@ -147,6 +147,16 @@ def _absolute_dir(text: str) -> str:
     return text
 
 
+def _mount(text: str) -> tuple[str, str, bool]:
+    parts = text.split(":")
+    read_only = len(parts) == 3 and parts[2] == "ro"
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")) or not all(parts[:2]):
+        raise argparse.ArgumentTypeError(f"--mount {text!r}: expected SRC:DST or SRC:DST:ro (absolute paths)")
+    if not parts[0].startswith("/") or not parts[1].startswith("/"):
+        raise argparse.ArgumentTypeError(f"--mount {text!r}: both paths must be absolute")
+    return parts[0], parts[1], read_only
+
+
 # ---- the parser --------------------------------------------------------------------------------
 
 
@@ -193,6 +203,17 @@ def build_parser() -> Parser:
     how.add_argument("--timeout", metavar="DURATION", type=_duration("--timeout"),
                      help="stop the job this long after it started (reason timed-out, exit status 124); "
                           "e.g. 90, 30m, 2h (default: the daemon's for your role)")
+    box = run.add_argument_group("sandbox (default: the daemon's profile for your role; see jobworkerd(8))")
+    box.add_argument("--privileged", action="store_const", const="privileged", dest="profile",
+                     help="admins: every capability, no seccomp, the host's /dev /run /tmp and a writable /")
+    box.add_argument("--profile", metavar="NAME", default="", help="a sandbox profile of the daemon's config")
+    box.add_argument("--seccomp", metavar="MODE", choices=("default", "unconfined"), default="",
+                     help="'unconfined' (admins): no seccomp filter")
+    box.add_argument("--hostname", metavar="NAME", default="", help="the job's hostname (default: its id)")
+    box.add_argument("--mount", metavar="SRC:DST[:ro]", action="append", type=_mount, default=[],
+                     help="bind mount a host path into the job (repeatable; users: below allowed directories)")
+    box.add_argument("--device", metavar="PATH", action="append", default=[], help="admins: add a host device node (repeatable)")
+    box.add_argument("--rootfs", metavar="DIR", default="", help="run in this directory tree instead of the host's /")
     how.add_argument("-d", "--detach", action="store_true", help="print the job id and exit at once")
     run.add_argument("program", metavar="CMD", nargs="+", help="the program (a path, or a name in PATH) and its arguments, after --")
     run.set_defaults(handler="run")

@@ -135,6 +135,10 @@ def start_request(args: argparse.Namespace) -> pb.StartJobRequest:
     request = pb.StartJobRequest(name=args.name, command=command, limits=limits, idempotency_key=str(uuid.uuid4()))
     if args.timeout is not None:
         request.timeout_seconds = args.timeout
+    request.sandbox.CopyFrom(pb.Sandbox(
+        profile=args.profile or "", seccomp=args.seccomp, hostname=args.hostname, devices=args.device,
+        rootfs=args.rootfs, mounts=[pb.Mount(source=s, target=t, read_only=ro) for s, t, ro in args.mount],
+    ))
     return request
 
 

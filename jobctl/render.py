@@ -114,6 +114,7 @@ def status_text(job: Any, now: datetime.datetime | None = None) -> str:
         ("run as", job.run_as or cmd.user or "-"),
         ("directory", cmd.directory or "/"),
         ("limits", _limits_text(job.limits)),
+        ("sandbox", _sandbox_text(job.sandbox)),
         ("usage", _usage_text(job.usage)),
         ("created", _time_text(job.created_at, now)),
         ("started", _time_text(job.started_at, now)),
@@ -125,6 +126,19 @@ def status_text(job: Any, now: datetime.datetime | None = None) -> str:
         rows.append(("message", job.message))
     width = max(len(k) for k, _ in rows) + 1
     return "\n".join(f"{k + ':':<{width}} {printable(v)}" for k, v in rows)
+
+
+def _sandbox_text(box: Any) -> str:
+    parts = [box.profile or "-"]
+    if box.seccomp:
+        parts.append(f"seccomp {box.seccomp}")
+    if box.hostname:
+        parts.append(f"hostname {box.hostname}")
+    if box.rootfs:
+        parts.append(f"rootfs {box.rootfs}")
+    parts += [f"mount {m.source}:{m.target}{':ro' if m.read_only else ''}" for m in box.mounts]
+    parts += [f"device {d}" for d in box.devices]
+    return ", ".join(parts)
 
 
 def _limits_text(limits: Any) -> str:

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..errors import InvalidArgument
 from ..worker.events import JobEvent
+from ..sandbox.options import Mount, SandboxRequest
 from ..worker.models import JobRecord, JobSpec, JobState, Limits, Reason
 
 STATES = {
@@ -56,6 +57,29 @@ def spec_from_request(request: pb.StartJobRequest, user: str, timeout: float | N
         env=dict(command.env),
         limits=limits_from_proto(request.limits),
         timeout=timeout,
+        sandbox=sandbox_from_proto(request.sandbox),
+    )
+
+
+def sandbox_from_proto(message: pb.Sandbox) -> SandboxRequest:
+    return SandboxRequest(
+        profile=message.profile,
+        seccomp=message.seccomp,
+        hostname=message.hostname,
+        mounts=tuple(Mount(m.source, m.target, m.read_only) for m in message.mounts),
+        devices=tuple(message.devices),
+        rootfs=message.rootfs,
+    )
+
+
+def sandbox_to_proto(request: SandboxRequest) -> pb.Sandbox:
+    return pb.Sandbox(
+        profile=request.profile,
+        seccomp=request.seccomp,
+        hostname=request.hostname,
+        mounts=[pb.Mount(source=m.source, target=m.target, read_only=m.read_only) for m in request.mounts],
+        devices=request.devices,
+        rootfs=request.rootfs,
     )
 
 
@@ -104,6 +128,7 @@ def job_to_proto(record: JobRecord, summary: bool = False) -> pb.Job:
             pids=record.usage.pids,
         ),
         run_as=spec.user,
+        sandbox=sandbox_to_proto(spec.sandbox),
     )
     if record.exit_code is not None:
         job.exit_code = record.exit_code

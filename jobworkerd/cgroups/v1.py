@@ -32,7 +32,9 @@ from .base import (
 )
 
 CGROUPSPY_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio")
-PLAIN_CONTROLLERS = ("pids", "freezer")
+# cpuset is joined only so that the job's cgroup namespace shows its own cpuset (the JVM's cgroup v1
+# detection requires the hierarchy); jobworkerd sets no cpuset limits.
+PLAIN_CONTROLLERS = ("pids", "freezer", "cpuset")
 REQUIRED = ("cpu", "cpuacct", "memory", "pids", "freezer")
 
 
@@ -46,10 +48,8 @@ class V1Backend(CgroupBackend):
         if missing:
             raise InternalError(f"cgroup v1: controllers not mounted: {', '.join(missing)}")
         self.controllers = [c for c in CGROUPSPY_CONTROLLERS + PLAIN_CONTROLLERS if c in mounts]
-        self._jobs_dir = {
-            c: os.path.normpath(os.path.join(mounts[c], own.get(c, "/").lstrip("/"), subtree, JOBS_DIR))
-            for c in self.controllers
-        }
+        self._own_dir = {c: os.path.normpath(os.path.join(mounts[c], own.get(c, "/").lstrip("/"))) for c in self.controllers}
+        self._jobs_dir = {c: os.path.normpath(os.path.join(self._own_dir[c], subtree, JOBS_DIR)) for c in self.controllers}
         self._subtree_dirs = {c: os.path.dirname(self._jobs_dir[c]) for c in self.controllers} if subtree else {}
         self._mounts = mounts
 
@@ -80,7 +80,22 @@ class V1Backend(CgroupBackend):
     def setup(self) -> None:
         for path in self._jobs_dir.values():
             os.makedirs(path, exist_ok=True)
+        if "cpuset" in self.controllers:
+            self._inherit_cpusets()
         self._sweep_groups()
+
+    def _inherit_cpusets(self) -> None:
+        """A v1 cpuset cgroup takes no task until it has cpus and mems: each new directory between our
+        cgroup and jobs/ gets its parent's, and jobs/ hands them on to every group and job made below it
+        (cgroup.clone_children, which new children inherit)."""
+        jobs_dir = self._jobs_dir["cpuset"]
+        path = self._own_dir["cpuset"]
+        for part in os.path.relpath(jobs_dir, path).split(os.sep):
+            parent, path = path, os.path.join(path, part)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not read_file(os.path.join(path, name)).strip():
+                    write_file(os.path.join(path, name), read_file(os.path.join(parent, name)).strip())
+        write_file(os.path.join(jobs_dir, "cgroup.clone_children"), "1")
 
     def _init_group(self, name: str) -> None:
         path = os.path.join(self._jobs_dir["memory"], name)

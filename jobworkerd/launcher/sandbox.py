@@ -121,8 +121,17 @@ def _tmpfs(step, target, options, flags=SANDBOX_MOUNT_FLAGS):
     mount(step, b"tmpfs", target, b"tmpfs", flags, options)
 
 
+def _detach(step, path):
+    """The host's mount at `path` (and all below it) leaves the job's namespace before the job's own is
+    mounted there: covered, it would still be listed in /proc/self/mountinfo, where the JVM's and Go's
+    cgroup detection would find the host's cgroup mounts first."""
+    if libc.umount2(path, MNT_DETACH) != 0 and ctypes.get_errno() not in (EINVAL, ENOENT):  # EINVAL: no mount there
+        raise StepError(step, ctypes.get_errno(), path.decode(errors="replace"))
+
+
 def _build_dev(box):
     dev = box.at(b"/dev")
+    _detach("mount-dev", dev)
     _tmpfs("mount-dev", dev, b"mode=0755,size=64k", MS_NOSUID | MS_NOEXEC)
     for name, major, minor in DEVICES:
         os.mknod(dev + b"/" + name, 0o20666, os.makedev(major, minor))
@@ -164,6 +173,7 @@ def _mask(path, null):
 
 def _build_sys(box):
     sys_dir = box.at(b"/sys")
+    _detach("mount-sys", sys_dir)
     mount("mount-sys", b"sysfs", sys_dir, b"sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name in SYS_MASKED:
         _mask(sys_dir + b"/" + name, box.at(b"/dev/null"))
@@ -198,11 +208,14 @@ def build_filesystem(box):
     _mount_setattr("read-only-root", box.at(b"/"),
                    (MOUNT_ATTR_RDONLY if box.read_only else 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
     _build_dev(box)
+    _detach("mount-proc", box.at(b"/proc"))
     mount("mount-proc", b"proc", box.at(b"/proc"), b"proc", proc_flags)
     _mask_proc(box)
     for path in (b"/tmp", b"/var/tmp"):
         if os.path.isdir(box.at(path)):
+            _detach("mount-tmp", box.at(path))
             _tmpfs("mount-tmp", box.at(path), b"mode=1777," + box.tmp_size)
+    _detach("mount-run", box.at(b"/run"))
     _tmpfs("mount-run", box.at(b"/run"), b"mode=0755," + box.tmp_size, SANDBOX_MOUNT_FLAGS | MS_NOEXEC)
     _build_sys(box)
     for fd, target, read_only in sources:  # last: a target below /tmp or /run lands in the job's own

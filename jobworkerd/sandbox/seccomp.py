@@ -63,7 +63,7 @@ DENIED: tuple[str, ...] = (
     "clock_settime", "clock_adjtime", "settimeofday", "adjtimex",
     # Raw I/O ports (docker: CAP_SYS_RAWIO).
     "ioperm", "iopl",
-    # Jobs share the host's UTS namespace: its hostname (docker: CAP_SYS_ADMIN).
+    # The hostname the launcher gave the job (its own UTS namespace) stays (docker: CAP_SYS_ADMIN).
     "sethostname", "setdomainname",
     # Host-wide administration: process accounting, quotas, the kernel log, terminals, fanotify on host filesystems.
     "acct", "quotactl", "quotactl_fd", "syslog", "vhangup", "fanotify_init",

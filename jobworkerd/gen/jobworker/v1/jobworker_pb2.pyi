@@ -106,18 +106,46 @@ class Limits(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., io_device: _Optional[str] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., io_read_iops: _Optional[int] = ..., io_write_iops: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("name", "command", "limits", "timeout_seconds", "idempotency_key")
+    __slots__ = ("name", "command", "limits", "timeout_seconds", "idempotency_key", "sandbox")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     name: str
     command: Command
     limits: Limits
     timeout_seconds: float
     idempotency_key: str
-    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    sandbox: Sandbox
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("profile", "seccomp", "hostname", "mounts", "devices", "rootfs")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ROOTFS_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    seccomp: str
+    hostname: str
+    mounts: _containers.RepeatedCompositeFieldContainer[Mount]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    rootfs: str
+    def __init__(self, profile: _Optional[str] = ..., seccomp: _Optional[str] = ..., hostname: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., devices: _Optional[_Iterable[str]] = ..., rootfs: _Optional[str] = ...) -> None: ...
+
+class Mount(_message.Message):
+    __slots__ = ("source", "target", "read_only")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    read_only: bool
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class StopJobRequest(_message.Message):
     __slots__ = ("job_id", "grace_seconds")
@@ -200,7 +228,7 @@ class Usage(_message.Message):
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., output_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as", "timeout_seconds")
+    __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as", "timeout_seconds", "sandbox")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +245,7 @@ class Job(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RUN_AS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     owner: str
@@ -233,7 +262,8 @@ class Job(_message.Message):
     usage: Usage
     run_as: str
     timeout_seconds: float
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    sandbox: Sandbox
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
 
 class WatchJobsRequest(_message.Message):
     __slots__ = ("after_revision",)
