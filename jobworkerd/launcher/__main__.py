@@ -1,7 +1,8 @@
 """Launcher: the child side of a job start. It imports nothing from jobworkerd and only low-level stdlib
 modules, because it is on the hot path of every start (`import json` alone costs ~5 ms here,
 `import pyroute2` ~90 ms). It is a small package run as a file: __main__.py (this: the forkserver and
-L), shim.py (the job's init C and the program's process G), syscalls.py (ctypes on libc). Two ways to
+L), shim.py (the job's init C and the program's process G), sandbox.py (the filesystem view, the cgroup
+view and the privileges C and G set up), syscalls.py (ctypes on libc). Two ways to
 run it:
 
     python3 -I -S <this file> --forkserver SOCK_FD
@@ -15,22 +16,26 @@ run it:
 Processes and pipes:
 
     daemon ──spawn──▶ L (host namespaces, the daemon's cgroup and session)
-      │  spec pipe: NUL-separated key=value fields, ending in "end=" (see read_spec)
+      │  spec pipe: NUL-separated key=value fields, ending in "end=" (see read_spec); the sandbox's
+      │             fields (jobworkerd/sandbox/plan.py) say what sandbox.py builds
       │  output file fd (the recorded output; only C ever holds it)
       │  status pipe, write end ─────────────────────────────────────────────────────────────┐
       │                                                                                       │
-      │   L: unshare(PID|NS|NET) ─ mounts private ─ fork ─ report "pid N" ─ exit              │
+      │   L: open the exit file and the cgroup's join files (writers on the host's mounts)   │
+      │      ─ unshare(PID|NS|NET|UTS|IPC) ─ mounts private ─ fork ─ report "pid N" ─ exit    │
       │                                       │                                               │
-      │        C: PID 1 of the job, root, stays in the daemon's cgroup: setsid, mount /proc,  │
-      │           lo up, open the exit file, hide the run and state directories, make the     │
-      │           output pipe, fork ─────────┐                                                │
+      │        C: PID 1 of the job, root, stays in the daemon's cgroup: setsid, hostname,     │
+      │           lo up, hide the run and state directories, build the sandbox's filesystem   │
+      │           (sandbox.py: read-only host, own /dev /proc /tmp /run /sys, binds, rootfs), │
+      │           make the output pipe, fork ─────────┐                                       │
       │           copy the output pipe into  │  G: stdout+stderr = the output pipe's write    │
       │           the output file (at most   │     end (stdin /dev/null), join the job's      │
-      │           cap bytes), reap all; when │     cgroup, setgroups/setgid/setuid, chdir,    │
-      │           G ends or the cap or the   │     execve(program)                            │
-      │           budget is reached: kill -1,│     (exec pipe, close-on-exec: EOF = exec'd)    │
-      │           copy the rest, write "<raw wait status> [capped|full]" to the exit file,    │
-      │           exit                                                                        │
+      │           cap bytes), reap all; when │     cgroup, cgroup namespace and its view,     │
+      │           G ends or the cap or the   │     setgroups/setgid, bounding set, setuid,    │
+      │           budget is reached: kill -1,│     capabilities, no_new_privs, chdir,         │
+      │           copy the rest, write       │     seccomp, execve(program)                   │
+      │           "<raw wait status> [capped|full]" to the exit file, exit                    │
+      │                                      │     (exec pipe, close-on-exec: EOF = exec'd)   │
       ◀──────────── status pipe lines: "pid N", then "ok" or "fail STEP ERRNO DETAIL" ────────┘
                     EOF = C has exited (the job is over; its status is in the exit file,
                     and no status there means C itself was killed)

@@ -148,6 +148,7 @@ def test_detect_hybrid_is_v1_with_each_controllers_own_path(tmp_path):
         str(base / "blkio/user.slice/sub/jobs/j/tasks"),
         str(base / "pids/user.slice/user-0.slice/session-1.scope/sub/jobs/j/tasks"),
         str(base / "freezer/sub/jobs/j/tasks"),
+        str(base / "cpuset/sub/jobs/j/tasks"),
     ]
 
 

@@ -31,6 +31,40 @@ SVC_CG = "/sys/fs/cgroup/system.slice/jobworkerd.service"
 JOBS_CG = os.path.join(SVC_CG, "jobs")
 MiB = 1024 * 1024
 
+
+# One job's view, as JSON: its cgroup limits and each attempt's outcome ("ok" or the errno's name).
+SANDBOX_PROBE = r"""
+import ctypes, errno, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    return "ok" if libc.syscall(nr, *args) >= 0 else errno.errorcode[ctypes.get_errno()]
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+def connect(path):
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).connect(path)
+status = open("/proc/self/status").read()
+print(json.dumps({
+    "uid": os.getuid(),
+    "hostname": socket.gethostname(),
+    "memory.max": open("/sys/fs/cgroup/memory.max").read().strip(),
+    "pids.max": open("/sys/fs/cgroup/pids.max").read().strip(),
+    "proc_cgroup": open("/proc/self/cgroup").read().strip(),
+    "cgroups_below": sum(len(dirs) for _, dirs, _ in os.walk("/sys/fs/cgroup")),
+    "mount": "ok" if libc.mount(b"none", b"/mnt", b"tmpfs", 0, None) == 0 else errno.errorcode[ctypes.get_errno()],
+    "keyctl": call(250, 0, -3, 0),
+    "unshare_user": call(272, 0x10000000),
+    "write_etc": attempt(lambda: open("/etc/jobworkerd-x", "w")),
+    "write_cgroup": attempt(lambda: open("/sys/fs/cgroup/memory.max", "w").write("max")),
+    "journal_socket": attempt(lambda: connect("/run/systemd/journal/socket")),
+    "no_new_privs": status.split("NoNewPrivs:")[1].split()[0],
+    "cap_eff": status.split("CapEff:")[1].split()[0],
+}))
+"""
+
 checks: list[dict] = []
 facts: dict = {}
 _transcript = open(os.path.join(OUT, "transcript.txt"), "w", buffering=1)
@@ -540,6 +574,40 @@ def main() -> int:
             raise AssertionError(f"a job sees the run or state directory: {detail}")
         if hostile.returncode != 143 or props != {"MainPID": main_before, "ActiveState": "active"} or nice != "0":
             raise AssertionError(f"a root job's kill -TERM 0 or renice -g 0 reached the daemon: {detail}")
+        return detail
+
+    @check("sandbox", needs=("job-group",))
+    def _():
+        # On cgroup v2 the job's cgroup namespace shows its own cgroup as /sys/fs/cgroup (its limits, no
+        # other cgroup); the rest of the escape matrix holds here too, for alice (user role, a non-root
+        # uid) and for root's non-privileged job: tests/integration/test_sandbox.py has the full matrix.
+        alice = ["--cert", "/root/alice.crt", "--key", "/root/alice.key"]
+        results = {}
+        for who, creds in (("alice", alice), ("root", [])):
+            done = jobctl(*creds, "run", "--mem", "64M", "--pids", "50", "--", "python3", "-c", SANDBOX_PROBE)
+            if done.returncode != 0:
+                raise AssertionError(f"{who}'s probe job failed: {done.stdout}")
+            results[who] = json.loads(done.stdout.strip().splitlines()[-1])
+        privileged = jobctl("run", "--privileged", "--", "grep", "CapEff", "/proc/self/status")
+        refused = jobctl(*alice, "run", "--privileged", "--", "true")
+        expected = {"memory.max": str(64 * MiB), "pids.max": "50", "proc_cgroup": "0::/", "cgroups_below": 0,
+                    "mount": "EPERM", "keyctl": "EPERM", "unshare_user": "EPERM", "write_etc": "EROFS",
+                    "write_cgroup": "EROFS", "journal_socket": "ENOENT", "no_new_privs": "1"}
+        detail = {"results": results, "privileged": privileged.stdout.strip(), "refused": refused.stdout.strip()}
+        for who, out in results.items():
+            wrong = {k: out.get(k) for k, v in expected.items() if out.get(k) != v}
+            if wrong:
+                raise AssertionError(f"{who}'s job: {wrong} (expected {expected}): {detail}")
+        if int(results["alice"]["cap_eff"], 16) != 0 or results["alice"]["uid"] == 0:
+            raise AssertionError(f"alice's job has capabilities or runs as root: {detail}")
+        if int(results["root"]["cap_eff"], 16) != 0xA80425FB:  # docker's default set
+            raise AssertionError(f"root's job does not have exactly docker's capabilities: {detail}")
+        if results["root"]["hostname"] == results["alice"]["hostname"] or len(results["root"]["hostname"]) != 12:
+            raise AssertionError(f"a job's hostname is not its id: {detail}")
+        if refused.returncode == 0 or "permission denied" not in refused.stdout.lower():
+            raise AssertionError(f"a user's --privileged was not refused: {detail}")
+        if int(privileged.stdout.split()[-1], 16) == 0xA80425FB:
+            raise AssertionError(f"--privileged kept docker's set: {detail}")
         return detail
 
     check("man-pages", needs=("install",))(check_man_pages)

@@ -37,6 +37,7 @@ CHECKS = [
     "first-job",
     "job-group",
     "containment",
+    "sandbox",
     "man-pages",
     "bash-completion",
     "metrics-endpoint",
