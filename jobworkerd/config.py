@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import yaml
 
@@ -264,13 +264,48 @@ class LimitsConfig:
         return Limits(cpu=values.cpu, memory=values.memory, pids=values.pids)
 
 
+# run_as: not an account but "the calling client's own uid", allocated from run_as.dynamic_uids (README
+# "What a job gets", user). A real account of this name can only be named by its number.
+DYNAMIC_USER = "dynamic"
+MAX_DYNAMIC_UID = (1 << 31) - 2  # as systemd: no uid_t that reads as negative, nor (uid_t)-1
+
+
+class UidRange(NamedTuple):
+    low: int
+    high: int
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+def _uid_range(value: Any, key: str) -> UidRange:
+    """"LOW-HIGH", both included: uids (and gids: gid = uid) the daemon may allocate to clients."""
+    text = value.strip() if isinstance(value, str) else ""
+    low, dash, high = text.partition("-")
+    if not dash or not all(part.strip().isascii() and part.strip().isdigit() for part in (low, high)):
+        raise ConfigError(f"{key}: expected a range of uids LOW-HIGH, e.g. \"61184-65519\", got {value!r}")
+    uids = UidRange(int(low), int(high))
+    if uids.low == 0:
+        raise ConfigError(f"{key}: the range must not include uid 0 (root), got {value!r}")
+    if uids.low > uids.high:
+        raise ConfigError(f"{key}: the low end must not be above the high end, got {value!r}")
+    if uids.high > MAX_DYNAMIC_UID:
+        raise ConfigError(f"{key}: uids go up to {MAX_DYNAMIC_UID}, got {value!r}")
+    return uids
+
+
 @dataclass(frozen=True)
 class RunAsConfig:
-    default_user: str = "nobody"  # non-admin jobs that name no user
-    allowed_users: tuple[str, ...] = ("nobody",)  # users a non-admin may name; root is never allowed to them
+    # Non-admin jobs that name no user. "dynamic": the client's own uid (DYNAMIC_USER).
+    default_user: str = DYNAMIC_USER
+    # Accounts a non-admin may name, besides "dynamic" (always allowed); root is never allowed to them.
+    allowed_users: tuple[str, ...] = ("nobody",)
     admin_default_user: str = "root"
+    # Where clients' own uids come from (systemd's DynamicUser range); one per client, kept for good.
+    dynamic_uids: UidRange = UidRange(61184, 65519)
 
-    _convert = {"default_user": _str, "allowed_users": _str_list, "admin_default_user": _str}
+    _convert = {"default_user": _str, "allowed_users": _str_list, "admin_default_user": _str,
+                "dynamic_uids": _uid_range}
 
 
 def _opt_duration(value: Any, key: str) -> float | None:

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from ..cgroups import CgroupBackend, detect
-from ..config import Config
+from ..config import DYNAMIC_USER, Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
 from ..sandbox.plan import decide, launcher_fields
 from .models import ADMIN_GROUP, JobGroup, JobRecord, JobSpec, JobState, Reason
@@ -199,6 +199,7 @@ class JobManager:
         sandbox = decide(spec.sandbox, group.admin, self.config.sandbox)  # the role's; PERMISSION_DENIED past it
         spec = replace(spec, sandbox=replace(spec.sandbox, profile=sandbox.profile_name))
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name,
+                           self._dynamic_uid(spec.user or default_user or "", owner),
                            root=os.path.realpath(spec.sandbox.rootfs) if spec.sandbox.rootfs else "")
         self.run_dir.check_room()
         job_id = uuid.uuid4().hex[:12]
@@ -206,7 +207,7 @@ class JobManager:
         sandbox_fields = launcher_fields(sandbox, job_id=job_id, uid=resolved.uid, directory=resolved.directory,
                                          hidden=self.hidden_paths, cgroup_view=view, cgroup_links=links)
         record = JobRecord(
-            id=job_id, owner=owner, spec=spec, limits=resolved.limits, created_at=time.time()
+            id=job_id, owner=owner, spec=resolved.spec, limits=resolved.limits, created_at=time.time()
         )
         job_dir = os.path.join(self.jobs_dir, job_id)
         output_path, exit_file = os.path.join(job_dir, "output"), os.path.join(job_dir, "exit")
@@ -262,6 +263,12 @@ class JobManager:
         log.info("job %s started for %r as %s: %s (limits %s)", job_id, owner, resolved.user, resolved.program, resolved.limits,
                  extra={"JOB_ID": job_id, "OWNER": owner})
         return record
+
+    def _dynamic_uid(self, user: str, owner: str) -> int | None:
+        """The owner's own uid if its job runs as "dynamic" (allocated on its first such job, kept for good)."""
+        if user != DYNAMIC_USER:
+            return None
+        return self.store.dynamic_uid(owner, *self.config.run_as.dynamic_uids)
 
     def stop(self, job_id: str, grace: float | None = None) -> JobRecord:
         """SIGTERM every process of the job, wait `grace` seconds, then kill what is left. Returns the final

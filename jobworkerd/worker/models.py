@@ -62,14 +62,14 @@ class JobSpec:
 class ResolvedSpec:
     """A spec after validation: user, group and program resolved, defaults applied."""
 
-    spec: JobSpec
+    spec: JobSpec  # as recorded: the asked-for spec, but for a job run as "dynamic", whose user is "dynamic:N"
     limits: Limits
     program: str  # absolute path to exec
     argv: tuple[str, ...]
     uid: int
     gid: int
     groups: tuple[int, ...]
-    user: str
+    user: str  # the account's name, or "dynamic:N" for a dynamic uid N (spec.dynamic_run_as)
     directory: str
     env: dict[str, str]
     io_target: IOTarget | None

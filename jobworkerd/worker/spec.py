@@ -9,8 +9,9 @@ import os
 import pwd
 import stat
 import unicodedata
+from dataclasses import replace
 
-from ..config import LimitsConfig
+from ..config import DYNAMIC_USER, LimitsConfig
 from ..errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from ..cgroups.devices import block_device_for
 from .models import JobSpec, Limits, ResolvedSpec
@@ -24,6 +25,18 @@ MIN_MEMORY = 4 << 20  # the job's init (a small Python process) and the program 
 MIN_PIDS = 1  # the program alone (the job's init is outside the job's cgroup)
 MIN_CPU = 0.01  # cores: a CFS quota of 1 ms per 100 ms period
 MAX_IOPS = (1 << 32) - 1
+DYNAMIC_HOME = "/tmp"  # a dynamic uid has no home of its own: the job's /tmp (private in the sandbox)
+
+
+def dynamic_run_as(uid: int) -> str:
+    """How a record shows a job run as a dynamic uid (ResolvedSpec.user, JobSpec.user, the API's run_as): no
+    account can have this name (a passwd name has no colon), so it is never mistaken for one."""
+    return f"{DYNAMIC_USER}:{uid}"
+
+
+def dynamic_login(uid: int) -> str:
+    """USER and LOGNAME of a job run as a dynamic uid (no colon: some programs build paths and lists of it)."""
+    return f"{DYNAMIC_USER}-{uid}"
 
 
 def _text(value: str, what: str, *, allow_empty: bool = True, max_len: int | None = None) -> str:
@@ -88,7 +101,24 @@ def _user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwuid(int(name)) if name.isascii() and name.isdigit() else pwd.getpwnam(name)
     except (KeyError, OverflowError):
+        if name.startswith(DYNAMIC_USER + ":"):
+            raise InvalidArgument(f"run-as user {name!r} is how a job's record shows a dynamic uid, not a user to "
+                                  f"ask for: ask for {DYNAMIC_USER!r} (the client's own uid)") from None
         raise InvalidArgument(f"run-as user {name!r} does not exist on this host") from None
+
+
+def _dynamic(uid: int) -> None:
+    """A dynamic uid was free when allocated; an account or group created since in the range would share it."""
+    for kind, lookup in (("user", pwd.getpwuid), ("group", grp.getgrgid)):
+        try:
+            entry = lookup(uid)
+        except KeyError:
+            continue
+        name = entry.pw_name if kind == "user" else entry.gr_name  # type: ignore[union-attr]
+        raise FailedPrecondition(
+            f"uid {uid}, this client's own (run_as.dynamic_uids), is now also the {kind} {name!r} of this host; "
+            f"its jobs cannot run as {DYNAMIC_USER!r} until that {kind} moves out of the range"
+        )
 
 
 def _group(name: str) -> int:
@@ -148,8 +178,8 @@ def _may_execute(st: os.stat_result, uid: int, gids: tuple[int, ...]) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
-def _environment(env: dict[str, str], user: pwd.struct_passwd) -> dict[str, str]:
-    result = {"PATH": DEFAULT_PATH, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name}
+def _environment(env: dict[str, str], home: str, login: str) -> dict[str, str]:
+    result = {"PATH": DEFAULT_PATH, "HOME": home, "USER": login, "LOGNAME": login}
     size = 0
     for key, value in env.items():
         _text(key, "environment variable name", allow_empty=False)
@@ -163,9 +193,12 @@ def _environment(env: dict[str, str], user: pwd.struct_passwd) -> dict[str, str]
     return result
 
 
-def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str, root: str = "") -> ResolvedSpec:
-    """Check everything about a spec before any resource is created for it. `root`: the job's rootfs, in
-    which its directory and program are looked up (users and groups are the host's: ids are ids)."""
+def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str, dynamic_uid: int | None = None,
+            root: str = "") -> ResolvedSpec:
+    """Check everything about a spec before any resource is created for it. A job run as DYNAMIC_USER runs as
+    `dynamic_uid` (the owner's, JobStore.dynamic_uid): gid and only group the same number, HOME=/tmp,
+    USER=LOGNAME=dynamic-N; its spec (as recorded) names it dynamic:N. `root`: the job's rootfs, in which
+    its directory and program are looked up (users and groups are the host's: ids are ids)."""
     validate_name(spec.name)
     _text(spec.command, "command", allow_empty=False, max_len=4096)
     size = len(spec.command.encode())
@@ -174,27 +207,39 @@ def resolve(spec: JobSpec, limits_config: LimitsConfig, default_user: str, root:
         size += len(arg.encode()) + 1
     if size > MAX_ARGV_BYTES:
         raise InvalidArgument(f"command and arguments are {size} bytes; at most {MAX_ARGV_BYTES} are allowed")
-    user = _user(_text(spec.user or default_user, "user", allow_empty=False, max_len=256))
-    gid = _group(_text(spec.group, "group", max_len=256)) if spec.group else user.pw_gid
-    groups = tuple(sorted(set(os.getgrouplist(user.pw_name, gid))))
+    name = _text(spec.user or default_user, "user", allow_empty=False, max_len=256)
+    group = _text(spec.group, "group", max_len=256)
+    if name == DYNAMIC_USER:
+        if dynamic_uid is None:
+            raise InvalidArgument(f"run-as user {DYNAMIC_USER!r} needs the uid allocated to the job's owner")
+        _dynamic(dynamic_uid)
+        uid, shown, home, login = dynamic_uid, dynamic_run_as(dynamic_uid), DYNAMIC_HOME, dynamic_login(dynamic_uid)
+        gid = _group(group) if group else uid  # only admins may name a group (authz)
+        groups = tuple(sorted({uid, gid}))
+        spec = replace(spec, user=shown)
+    else:
+        user = _user(name)
+        uid, shown, home, login = user.pw_uid, user.pw_name, user.pw_dir, user.pw_name
+        gid = _group(group) if group else user.pw_gid
+        groups = tuple(sorted(set(os.getgrouplist(user.pw_name, gid))))
     directory = _directory(spec.directory or "/", root)
-    env = _environment(spec.env, user)
+    env = _environment(spec.env, home, login)
     limits = check_limits(spec.limits, limits_config)
     io_target = None
     if limits.has_io:
         io_target = block_device_for(_text(limits.io_device or root + directory, "io device", max_len=4096))
     elif limits.io_device:
         raise InvalidArgument("io device given without any io limit (io read/write bps or iops)")
-    program = find_program(spec.command, env["PATH"], directory, user.pw_uid, (gid, *groups), root)
+    program = find_program(spec.command, env["PATH"], directory, uid, (gid, *groups), root)
     return ResolvedSpec(
         spec=spec,
         limits=limits,
         program=program,
         argv=(spec.command, *spec.args),
-        uid=user.pw_uid,
+        uid=uid,
         gid=gid,
         groups=groups,
-        user=user.pw_name,
+        user=shown,
         directory=directory,
         env=env,
         io_target=io_target,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
 import sqlite3
 import threading
+import time
 
 from ..errors import InternalError, ResourceExhausted
 from .models import ADMIN_OWNER_PREFIX, JobRecord, JobState
@@ -29,8 +31,18 @@ CREATE TABLE IF NOT EXISTS start_keys (
     PRIMARY KEY (owner, key)
 );
 """
-# PRAGMA user_version. 1: owners are qualified by role (models.ADMIN_OWNER_PREFIX). 0: the bare CN for both.
-SCHEMA_VERSION = 1
+# PRAGMA user_version. 2: dynamic_users. 1: owners are qualified by role (models.ADMIN_OWNER_PREFIX).
+# 0: the bare CN for both. A daemon of schema 1 opens a store of schema 2 as its own (it ignores the table).
+SCHEMA_VERSION = 2
+# Each owner's own uid (= gid) for jobs run as "dynamic" (run_as.dynamic_uids), kept for good: records keep
+# their owners, and files the uid left behind must never become another owner's.
+DYNAMIC_USERS = """
+CREATE TABLE IF NOT EXISTS dynamic_users (
+    owner TEXT PRIMARY KEY,
+    uid INTEGER UNIQUE NOT NULL,
+    allocated_at REAL NOT NULL
+);
+"""
 
 
 class JobStore:
@@ -49,25 +61,33 @@ class JobStore:
     def _upgrade(self) -> None:
         """Schema 0 -> 1, once: a job that ran as UID 0 was an admin's (users never could run as root), so it
         goes to "admin:" + its CN. The rest stay their CN's, i.e. the user's: a record of schema 0 cannot
-        tell an admin's job run as another user from that user's (docs/SECURITY.md, section 1)."""
+        tell an admin's job run as another user from that user's (docs/SECURITY.md, section 1).
+        Schema 1 -> 2: the (empty) table of dynamic uids."""
         if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._db.execute("SELECT id, owner, record FROM jobs").fetchall()
-                for job_id, owner, text in rows:
-                    data = json.loads(text)
-                    if owner.startswith(ADMIN_OWNER_PREFIX) or not _runs_as_root(data["spec"].get("user", "")):
-                        continue
-                    data["owner"] = ADMIN_OWNER_PREFIX + owner
-                    self._db.execute("UPDATE jobs SET owner = ?, record = ? WHERE id = ?",
-                                     (data["owner"], json.dumps(data, separators=(",", ":")), job_id))
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version < 1:
+                    self._qualify_owners()
+                if version < 2:
+                    self._db.execute(DYNAMIC_USERS)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _qualify_owners(self) -> None:
+        rows = self._db.execute("SELECT id, owner, record FROM jobs").fetchall()
+        for job_id, owner, text in rows:
+            data = json.loads(text)
+            if owner.startswith(ADMIN_OWNER_PREFIX) or not _runs_as_root(data["spec"].get("user", "")):
+                continue
+            data["owner"] = ADMIN_OWNER_PREFIX + owner
+            self._db.execute("UPDATE jobs SET owner = ?, record = ? WHERE id = ?",
+                             (data["owner"], json.dumps(data, separators=(",", ":")), job_id))
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -131,6 +151,39 @@ class JobStore:
             rows = self._db.execute(query, params).fetchall()
         return [JobRecord.from_dict(json.loads(r[0])) for r in rows]
 
+    def dynamic_uid(self, owner: str, low: int, high: int) -> int:
+        """The uid (= gid) of `owner`'s jobs run as "dynamic": the one it was given, or else the lowest uid from
+        low to high that is neither a user nor a group of this host (passwd, group databases) nor another
+        owner's, given for good. ResourceExhausted, naming run_as.dynamic_uids, when none is left."""
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT uid FROM dynamic_users WHERE owner = ?", (owner,)).fetchone()
+                if row:
+                    return row[0]
+                held = {uid for (uid,) in self._db.execute(
+                    "SELECT uid FROM dynamic_users WHERE uid BETWEEN ? AND ?", (low, high))}
+                # Ends after len(held) + (accounts in the range) + 1 steps however wide the range.
+                for uid in range(low, high + 1):
+                    if uid in held or _on_host(uid):
+                        continue
+                    self._db.execute("INSERT INTO dynamic_users (owner, uid, allocated_at) VALUES (?, ?, ?)",
+                                     (owner, uid, time.time()))
+                    return uid
+        except sqlite3.OperationalError as exc:
+            self._reconnect()
+            if "full" in str(exc) or _disk_full(self.path):
+                raise ResourceExhausted(f"state directory is full; cannot allocate a uid to {owner!r}") from exc
+            raise InternalError(f"job store {self.path}: {exc}") from exc
+        raise ResourceExhausted(
+            f"no uid left for {owner!r} in run_as.dynamic_uids ({low}-{high}): each is another client's or a "
+            f"user or group of this host; widen the range (uids once given stay their owners')"
+        )
+
+    def dynamic_users(self) -> dict[str, int]:
+        """Every owner's dynamic uid."""
+        with self._lock:
+            return dict(self._db.execute("SELECT owner, uid FROM dynamic_users ORDER BY uid").fetchall())
+
     def remember_key(self, owner: str, key: str, job_id: str, at: float) -> None:
         """The job a client's idempotency key started (see StartJobRequest.idempotency_key)."""
         with self._lock:
@@ -179,6 +232,17 @@ def _disk_full(path: str) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 64 << 10
+
+
+def _on_host(uid: int) -> bool:
+    """Whether the passwd or the group database has this id (as a uid, as a gid)."""
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+        except KeyError:
+            continue
+        return True
+    return False
 
 
 def _runs_as_root(user: str) -> bool:

@@ -142,7 +142,7 @@ class TestAuthorization:
         alice, bob, admin = daemon.stub("alice", "user"), daemon.stub("bob", "user"), daemon.stub("admin", "admin")
         job = start(alice, "sleep", "300")
         try:
-            assert job.owner == "alice" and job.run_as == "nobody"
+            assert job.owner == "alice" and job.run_as.startswith("dynamic:")  # a uid of its own
             for call, request in [
                 (bob.GetJob, pb.GetJobRequest(job_id=job.id)),
                 (bob.StopJob, pb.StopJobRequest(job_id=job.id, grace_seconds=0)),
@@ -166,7 +166,7 @@ class TestAuthorization:
             with pytest.raises(grpc.RpcError) as info:
                 start(alice, "true", user=user)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "may run jobs only as: nobody" in info.value.details()
+            assert "may run jobs only as: dynamic (a uid of its own), nobody;" in info.value.details()
 
     def test_admin_runs_as_root_by_default_and_as_any_user(self, daemon):
         admin = daemon.stub()

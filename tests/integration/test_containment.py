@@ -69,7 +69,7 @@ def ioprio_of(pid: int) -> int:
 
 @pytest.fixture
 def victim(d):
-    """Another user's running job (both users' jobs run as nobody), and the daemon's processes."""
+    """Another user's running job (each user's jobs run as a dynamic uid of its own), and the daemon's processes."""
     marker = new_marker()
     job_id = detached(d, "sleep", f"1000.{marker}")
     (pid,) = wait_until(lambda: list(marked_processes(marker)), "the victim job's sleep")
@@ -105,7 +105,7 @@ def test_signals_to_the_process_group_or_everyone_reach_only_the_job(d, victim, 
 
 
 # Each changes the priority of the attacker's own process group or user, then prints its own: the call did act
-# (on the job itself; as nobody it fails with EPERM for the job's root-owned init, which is in that group).
+# (on the job itself; as its non-root uid it fails with EPERM for the job's root-owned init, which is in that group).
 PRIORITY_ATTACKS = {
     "setpriority-pgrp": ("os.setpriority(os.PRIO_PGRP, 0, 19)", b"19 False\n"),
     "setpriority-user": ("os.setpriority(os.PRIO_USER, os.getuid(), 19)", b"19 False\n"),

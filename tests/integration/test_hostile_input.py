@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 
 import grpc
 import pytest
@@ -56,13 +57,14 @@ def target(tmp_path_factory, request):
     d = Daemon(tmp_path_factory.mktemp("hostile"), {"limits": {"output_cap": "1M"}, "stop_grace": "1s",
                                                      "quotas": quotas}).start()
     admin, alice, bob = d.stub("admin", "admin"), d.stub("alice", "user"), d.stub("bob", "user")
-    jobs = {}
+    jobs, run_as = {}, {}
     for who, stub in (("admin", admin), ("alice", alice)):
         job = stub.StartJob(pb.StartJobRequest(command=pb.Command(command="echo", arguments=[f"hello {who}"])),
                             timeout=30)
         wait_job(stub, job.id)
-        jobs[who] = job.id
-    yield Target(d, admin, alice, bob, jobs)
+        jobs[who], run_as[who] = job.id, job.run_as
+    assert re.fullmatch(r"dynamic:\d+", run_as["alice"]), run_as  # a user's default: a uid of its own
+    yield Target(d, admin, alice, bob, jobs, run_as["alice"])
     report(request.config, "hostile input: {} cases against the running daemon ({})".format(
         sum(CASES.values()), ", ".join(f"{k} {v}" for k, v in sorted(CASES.items()))))
     assert d.proc.poll() is None, "the daemon died"
@@ -71,8 +73,9 @@ def target(tmp_path_factory, request):
 
 
 class Target:
-    def __init__(self, daemon, admin, alice, bob, jobs):
+    def __init__(self, daemon, admin, alice, bob, jobs, alice_as):
         self.daemon, self.admin, self.alice, self.bob, self.jobs = daemon, admin, alice, bob, jobs
+        self.alice_as = alice_as  # the run-as of alice's jobs that name no user: "dynamic:N"
 
     def stub(self, role: str):
         return {"admin": self.admin, "alice": self.alice, "bob": self.bob}[role]
@@ -114,6 +117,7 @@ NASTY = [
     "/root", "/nonexistent", "relative/dir", "~", "~root", "$HOME", "$(id)", "`id`", "%s%s%n", "{}", "'\"",
     "\u202e", "\ufeff", "\u200b", "\u0301" * 50, "\U0010ffff", "😀" * 64, "Ω≈ç√", "ﷺ", "²", "①", "٣", "߀",
     "0", "-1", "65534", "4294967295", "18446744073709551616", "9" * 40, "root", "nobody", "daemon",
+    "dynamic", "Dynamic", "dynamic ", "dynamic:61184", "dynamic:0", "dynamic-61184", "61184",
     "disk", "shadow", "sudo", "x" * 255, "x" * 256, "x" * 257, "x" * 4096, "x" * 4097, "é" * 3000,
     "0123456789ab", "000000000000", "ffffffffffff", "0123456789AB", "0123456789a", "0123456789abc",
     "0123456789ab\0", "../0123456789", "/jobs/../../", "%2e%2e%2f", "..%2f..%2f",
@@ -185,28 +189,37 @@ def start_requests(draw, command):
 @settings(max_examples=250, **SETTINGS)
 @given(request=start_requests(any_command))
 def test_start_job_hostile_as_user(target, request):
-    """A non-admin may send anything: its jobs, if any start, run as nobody."""
+    """A non-admin may send anything: its jobs, if any start, run as its own dynamic uid, or as nobody."""
     result = call(target, "StartJob", target.alice.StartJob, request)
     if isinstance(result, pb.Job):
-        assert result.run_as == "nobody" and result.owner == "alice", result
-        assert result.command.group in ("", "nogroup", "65534"), "a user must not pick another group"
+        assert result.run_as in (target.alice_as, "nobody") and result.owner == "alice", result
+        if result.run_as == "nobody":
+            assert result.command.group in ("", "nogroup", "65534"), "a user must not pick another group"
+        else:
+            assert result.command.group == "", "a user's dynamic uid has no group but its own"
         stop_if_started(target, target.alice, result)
 
 
+@pytest.mark.parametrize("user", ["", "nobody"])
 @pytest.mark.parametrize("group", ["root", "0", "disk", "shadow", "sudo", "٠"])
-def test_user_cannot_pick_a_privileged_group(target, group):
-    """nobody in group disk could read the raw disks; in group root, root's group-readable files."""
+def test_user_cannot_pick_a_privileged_group(target, user, group):
+    """nobody in group disk could read the raw disks; in group root, root's group-readable files. A dynamic
+    uid (the default) may name no group at all."""
     result = call(target, "StartJob", target.alice.StartJob,
-                  pb.StartJobRequest(command=pb.Command(command="id", group=group)))
-    assert isinstance(result, grpc.RpcError), f"started as nobody in group {group!r}"
+                  pb.StartJobRequest(command=pb.Command(command="id", user=user, group=group)))
+    assert isinstance(result, grpc.RpcError), f"started as {user or 'the default'} in group {group!r}"
+    if not user:
+        assert result.code() is grpc.StatusCode.PERMISSION_DENIED, result
+        assert "may not name a group for a job run as 'dynamic'" in result.details()
+        return
     assert result.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT), result
     if result.code() is grpc.StatusCode.PERMISSION_DENIED:
         assert "only in that user's own groups" in result.details()
 
 
 def test_user_may_pick_the_run_as_users_own_group(target):
-    job = target.alice.StartJob(pb.StartJobRequest(command=pb.Command(command="id", arguments=["-g"], group="nogroup")),
-                                timeout=30)
+    job = target.alice.StartJob(pb.StartJobRequest(command=pb.Command(command="id", arguments=["-g"], user="nobody",
+                                                                      group="nogroup")), timeout=30)
     assert wait_job(target.alice, job.id).exit_code == 0
     assert b"".join(c.data for c in target.alice.StreamOutput(pb.StreamOutputRequest(job_id=job.id))) == b"65534\n"
 
@@ -243,7 +256,7 @@ def valid_start_requests(draw):
             command=draw(st.sampled_from(["true", "/bin/true", "echo", "/usr/bin/../bin/echo"])),
             arguments=draw(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
                                             max_size=30), max_size=6)),
-            user=draw(st.sampled_from(["", "nobody"])),
+            user=draw(st.sampled_from(["", "nobody", "dynamic"])),
             directory=draw(st.sampled_from(["", "/", "/tmp", "/usr/../tmp", "//tmp/", "/./", "/tmp/../../../.."])),
             env=draw(st.dictionaries(env_names, st.text(st.characters(blacklist_categories=("Cs",),
                                                                       blacklist_characters="\0"), max_size=30),
@@ -267,7 +280,8 @@ def test_valid_starts_succeed(target, request):
     ended = wait_job(target.alice, job.id)
     assert (ended.reason, ended.exit_code) == (pb.TERMINATION_REASON_EXITED, 0), ended
     assert list(ended.command.arguments) == list(request.command.arguments)
-    assert ended.name == request.name and ended.run_as == "nobody"
+    assert ended.name == request.name
+    assert ended.run_as == ("nobody" if request.command.user == "nobody" else target.alice_as), ended
     assert target.daemon.proc.poll() is None
 
 

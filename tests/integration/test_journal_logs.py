@@ -118,7 +118,7 @@ def test_job_lines_reach_the_journal_with_their_fields(journald_daemon):
     while len(job_records()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     started, ended = job_records()
-    assert started["MESSAGE"].startswith(f"job {job_id} started for 'alice' as nobody: ")
+    assert re.match(rf"job {job_id} started for 'alice' as dynamic:\d+: ", started["MESSAGE"]), started["MESSAGE"]
     assert started["OWNER"] == "alice" and "REASON" not in started
     assert ended["MESSAGE"].startswith(f"job {job_id} finished: exited (exit 3, signal None)")
     assert (ended["OWNER"], ended["REASON"]) == ("alice", "exited")

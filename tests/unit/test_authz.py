@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from jobworkerd.authz import (
-    Identity, Role, check_access, identity_from_auth_context, list_owner, may_access, run_as_user,
+    Identity, Role, check_access, check_run_as_group, identity_from_auth_context, list_owner, may_access, run_as_user,
 )
 from jobworkerd.config import RunAsConfig
 from jobworkerd.errors import NotFound, PermissionDenied, Unauthenticated
@@ -52,8 +52,41 @@ def test_run_as_policy():
     assert run_as_user(ALICE, "daemon", policy) == "daemon"
     assert run_as_user(ADMIN, "", policy) == "root"
     assert run_as_user(ADMIN, "daemon", policy) == "daemon"
-    with pytest.raises(PermissionDenied, match="may run jobs only as: nobody, daemon"):
+    with pytest.raises(PermissionDenied, match=r"may run jobs only as: dynamic \(a uid of its own\), nobody, daemon; "
+                                               r"not as 'root'"):
         run_as_user(ALICE, "root", policy)
+
+
+def test_dynamic_is_the_users_default_and_always_theirs_to_name():
+    policy = RunAsConfig()  # the shipped defaults
+    assert (policy.default_user, policy.allowed_users, policy.admin_default_user) == ("dynamic", ("nobody",), "root")
+    assert run_as_user(ALICE, "", policy) == "dynamic"
+    assert run_as_user(ALICE, "dynamic", policy) == "dynamic"
+    assert run_as_user(ALICE, "nobody", policy) == "nobody"
+    # Not listed in allowed_users, still allowed; and named accounts only as listed.
+    strict = RunAsConfig(default_user="nobody", allowed_users=())
+    assert run_as_user(ALICE, "dynamic", strict) == "dynamic"
+    for user in ("nobody", "daemon", "dynamic:61184", "61184"):
+        with pytest.raises(PermissionDenied, match=r"may run jobs only as: dynamic \(a uid of its own\); not as"):
+            run_as_user(ALICE, user, strict)
+
+
+def test_admins_default_to_root_and_may_ask_for_their_own_dynamic_uid():
+    policy = RunAsConfig()
+    assert run_as_user(ADMIN, "", policy) == "root"
+    assert run_as_user(ADMIN, "dynamic", policy) == "dynamic"
+    assert run_as_user(ADMIN, "", RunAsConfig(admin_default_user="dynamic")) == "dynamic"
+
+
+def test_a_group_with_a_dynamic_user_is_refused_to_users_and_allowed_to_admins():
+    check_run_as_group(ALICE, "dynamic", "")
+    for group in ("nogroup", "65534", "61184", "root"):
+        with pytest.raises(PermissionDenied, match="may not name a group for a job run as 'dynamic'"):
+            check_run_as_group(ALICE, "dynamic", group)
+    check_run_as_group(ADMIN, "dynamic", "root")
+    check_run_as_group(ALICE, "nobody", "nogroup")  # named accounts: their own groups, as before
+    with pytest.raises(PermissionDenied, match="only in that user's own groups"):
+        check_run_as_group(ALICE, "nobody", "root")
 
 
 def test_root_is_refused_to_users_even_when_configured():

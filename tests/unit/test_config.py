@@ -19,7 +19,9 @@ def test_empty_config_gives_the_defaults():
     assert cfg.limits.default.pids == 1024  # a fork bomb is contained by default
     assert cfg.limits.output_cap == 256 << 20
     assert cfg.stop_grace == 10.0
-    assert cfg.run_as.default_user == "nobody"
+    assert cfg.run_as.default_user == "dynamic"  # each client its own uid (README "What a job gets")
+    assert cfg.run_as.allowed_users == ("nobody",)
+    assert cfg.run_as.dynamic_uids == (61184, 65519)  # systemd's DynamicUser range
 
 
 def test_values_are_converted():
@@ -110,6 +112,17 @@ def test_unknown_key_is_an_error_naming_it(data, key):
         # _str_list
         ({"run_as": {"allowed_users": "nobody"}}, ["run_as.allowed_users:", "list of strings", "'nobody'"]),
         ({"run_as": {"allowed_users": ["nobody", 5]}}, ["run_as.allowed_users:", "list of strings"]),
+        # _uid_range
+        ({"run_as": {"dynamic_uids": "0-100"}}, ["run_as.dynamic_uids:", "must not include uid 0", "'0-100'"]),
+        ({"run_as": {"dynamic_uids": "200-100"}}, ["run_as.dynamic_uids:", "low end must not be above", "'200-100'"]),
+        ({"run_as": {"dynamic_uids": "61184-2147483647"}}, ["run_as.dynamic_uids:", "up to 2147483646"]),
+        ({"run_as": {"dynamic_uids": "61184-4294967295"}}, ["run_as.dynamic_uids:", "up to 2147483646"]),
+        ({"run_as": {"dynamic_uids": 61184}}, ["run_as.dynamic_uids:", "range of uids LOW-HIGH", "61184"]),
+        ({"run_as": {"dynamic_uids": "61184"}}, ["run_as.dynamic_uids:", "range of uids LOW-HIGH", "'61184'"]),
+        ({"run_as": {"dynamic_uids": "-1-100"}}, ["run_as.dynamic_uids:", "range of uids LOW-HIGH"]),
+        ({"run_as": {"dynamic_uids": "a-b"}}, ["run_as.dynamic_uids:", "range of uids LOW-HIGH"]),
+        ({"run_as": {"dynamic_uids": "٣-٩"}}, ["run_as.dynamic_uids:", "range of uids LOW-HIGH"]),
+        ({"run_as": {"dynamic_uids": ["61184", "65519"]}}, ["run_as.dynamic_uids:", "range of uids LOW-HIGH"]),
         # _choice
         ({"cgroup": {"version": "v3"}}, ["cgroup.version:", "auto, v1, v2", "'v3'"]),
         # _size_or_percent
@@ -344,3 +357,11 @@ def test_bad_ceilings_are_refused_naming_the_key(data, message):
     with pytest.raises(ConfigError) as info:
         config_from_dict({"limits": data})
     assert message in str(info.value)
+
+
+def test_the_dynamic_uid_range():
+    assert config_from_dict({"run_as": {"dynamic_uids": "100-200"}}).run_as.dynamic_uids == (100, 200)
+    one = config_from_dict({"run_as": {"dynamic_uids": " 1 - 1 "}}).run_as.dynamic_uids
+    assert (one.low, one.high, str(one)) == (1, 1, "1-1")
+    assert str(config_from_dict({"run_as": {"dynamic_uids": "61184-2147483646"}}).run_as.dynamic_uids) == \
+        "61184-2147483646"

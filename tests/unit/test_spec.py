@@ -21,9 +21,10 @@ def ok(spec: JobSpec, config: LimitsConfig = NO_DEFAULTS, default_user: str = ME
     return resolve(spec, config, default_user)
 
 
-def refused(error: type, spec: JobSpec, config: LimitsConfig = NO_DEFAULTS, default_user: str = ME) -> str:
+def refused(error: type, spec: JobSpec, config: LimitsConfig = NO_DEFAULTS, default_user: str = ME,
+            dynamic_uid: int | None = None) -> str:
     with pytest.raises(error) as info:
-        resolve(spec, config, default_user)
+        resolve(spec, config, default_user, dynamic_uid)
     assert type(info.value) is error, f"expected exactly {error.__name__}, got {type(info.value).__name__}"
     assert info.value.message == str(info.value)
     return info.value.message
@@ -309,3 +310,79 @@ def test_a_program_the_run_as_user_may_not_execute_is_passed_over(tmp_path):
     assert find_program("tool", path, "/", uid=65534, gids=(65534,)) == everyone
     with pytest.raises(FailedPrecondition, match="which user 65534 may not execute"):
         find_program("tool", f"{tmp_path}/first", "/", uid=65534, gids=(65534,))
+
+
+# -- dynamic users (run_as "dynamic": the client's own uid, allocated by JobStore.dynamic_uid) ---------------
+
+DYN = 1_999_990_042  # a uid in no passwd or group database (checked)
+
+
+@pytest.fixture
+def dyn():
+    import grp
+
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        with pytest.raises(KeyError):
+            lookup(DYN)
+    return DYN
+
+
+def test_a_dynamic_user_runs_as_its_uid_with_only_its_own_group(dyn):
+    r = resolve(JobSpec("true", user="dynamic", env={"FOO": "bar"}), NO_DEFAULTS, ME, dynamic_uid=dyn)
+    assert (r.uid, r.gid, r.groups) == (dyn, dyn, (dyn,))
+    assert r.user == f"dynamic:{dyn}" and r.spec.user == f"dynamic:{dyn}"  # what the record shows
+    assert r.env["HOME"] == "/tmp" and r.env["USER"] == r.env["LOGNAME"] == f"dynamic-{dyn}"
+    assert r.env["FOO"] == "bar" and r.env["PATH"] == DEFAULT_PATH
+    assert r.spec.command == "true" and r.spec.env == {"FOO": "bar"}  # the rest of the spec as asked
+    assert resolve(JobSpec("true"), NO_DEFAULTS, "dynamic", dynamic_uid=dyn).user == f"dynamic:{dyn}"  # default
+    # The job's own environment still wins, as for any user.
+    assert resolve(JobSpec("true", user="dynamic", env={"HOME": "/srv"}), NO_DEFAULTS, ME,
+                   dynamic_uid=dyn).env["HOME"] == "/srv"
+
+
+def test_an_admins_group_with_a_dynamic_user_keeps_the_uids_own_group_too(dyn):
+    r = resolve(JobSpec("true", user="dynamic", group="nogroup"), NO_DEFAULTS, ME, dynamic_uid=dyn)
+    assert (r.uid, r.gid, r.groups) == (dyn, 65534, (65534, dyn))
+
+
+def test_the_dynamic_uid_is_not_used_for_named_users(dyn):
+    r = resolve(JobSpec("true", user="nobody"), NO_DEFAULTS, ME, dynamic_uid=dyn)
+    assert (r.uid, r.user, r.spec.user) == (pwd.getpwnam("nobody").pw_uid, "nobody", "nobody")
+
+
+def test_dynamic_without_an_allocated_uid_is_refused():
+    assert "needs the uid allocated" in refused(InvalidArgument, JobSpec("true", user="dynamic"))
+
+
+def test_the_recorded_form_is_not_a_user_to_ask_for(dyn):
+    message = refused(InvalidArgument, JobSpec("true", user=f"dynamic:{dyn}"))
+    assert "how a job's record shows a dynamic uid" in message and "ask for 'dynamic'" in message
+
+
+def test_a_dynamic_uid_that_an_account_took_since_is_refused():
+    """nobody (65534) stands for an account created in the range after the uid was given out."""
+    message = refused(FailedPrecondition, JobSpec("true", user="dynamic"), dynamic_uid=65534)
+    assert "uid 65534" in message and "'nobody'" in message and "run_as.dynamic_uids" in message
+
+
+def test_the_program_is_checked_as_the_dynamic_uid(tmp_path, dyn):
+    owner_only = _program(tmp_path / "first" / "tool", 0o700)  # the test user's: not the dynamic uid's to run
+    everyone = _program(tmp_path / "second" / "tool", 0o755)
+    env = {"PATH": f"{tmp_path}/first:{tmp_path}/second"}
+    spec = JobSpec("tool", user="dynamic", env=env)
+    assert resolve(spec, NO_DEFAULTS, ME, dynamic_uid=dyn).program == everyone
+    assert resolve(JobSpec("tool", env=env), NO_DEFAULTS, ME).program == owner_only  # as the test's own user
+    message = refused(FailedPrecondition, JobSpec("tool", user="dynamic", env={"PATH": f"{tmp_path}/first"}),
+                      dynamic_uid=dyn)
+    assert f"which user {dyn} may not execute" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_the_dynamic_uids_own_files_and_group_are_its_to_execute(tmp_path, dyn):
+    own = _program(tmp_path / "own" / "tool", 0o700)
+    os.chown(own, dyn, 0)
+    by_group = _program(tmp_path / "group" / "tool", 0o070)
+    os.chown(by_group, 0, dyn)
+    for path, program in ((f"{tmp_path}/own", own), (f"{tmp_path}/group", by_group)):
+        assert resolve(JobSpec("tool", user="dynamic", env={"PATH": path}), NO_DEFAULTS, ME,
+                       dynamic_uid=dyn).program == program

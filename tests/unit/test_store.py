@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from jobworkerd.errors import ResourceExhausted
 from jobworkerd.worker.models import JobRecord, JobSpec, JobState, Limits, Reason, Usage
 from jobworkerd.worker.store import JobStore
 
@@ -195,12 +196,135 @@ def test_schema0_jobs_that_ran_as_root_become_the_admins_and_the_rest_stay_the_u
         s.close()
 
 
-def test_a_new_store_starts_at_schema_1(tmp_path):
+def test_a_new_store_starts_at_schema_2(tmp_path):
     import sqlite3
 
     from jobworkerd.worker.store import SCHEMA_VERSION
 
     JobStore(str(tmp_path / "state")).close()
     db = sqlite3.connect(str(tmp_path / "state" / "jobs.sqlite3"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("SELECT count(*) FROM dynamic_users").fetchone() == (0,)
     db.close()
+
+
+def test_a_schema1_store_gains_the_dynamic_users_table_and_keeps_its_records(tmp_path):
+    import sqlite3
+
+    state = str(tmp_path / "state")
+    s = JobStore(state)
+    s.put(record("aaaaaaaaaaaa", owner="admin:alice"))
+    s.put(record("bbbbbbbbbbbb", owner="alice"))
+    s.close()
+    db = sqlite3.connect(os.path.join(state, "jobs.sqlite3"), isolation_level=None)  # as schema 1 left it
+    db.execute("DROP TABLE dynamic_users")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    s = JobStore(state)
+    try:
+        assert s.get("aaaaaaaaaaaa").owner == "admin:alice"  # not qualified again (nor changed otherwise)
+        assert s.get("aaaaaaaaaaaa") == record("aaaaaaaaaaaa", owner="admin:alice")
+        assert [r.id for r in s.list(owner="alice")] == ["bbbbbbbbbbbb"]
+        assert s.dynamic_uid("alice", FAR, FAR + 9) == FAR
+    finally:
+        s.close()
+    db = sqlite3.connect(os.path.join(state, "jobs.sqlite3"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+# -- dynamic uids ----------------------------------------------------------------------------------------------
+
+FAR = 1_999_990_000  # a range no account of a test machine is in (checked)
+
+
+@pytest.fixture
+def far():
+    import grp
+    import pwd
+
+    taken = {u.pw_uid for u in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    assert not taken & set(range(FAR, FAR + 1000)), "an account of this machine is in the test range"
+    return FAR
+
+
+def test_each_owner_gets_its_own_uid_lowest_first_and_keeps_it(store, far):
+    assert store.dynamic_uid("alice", far, far + 9) == far
+    assert store.dynamic_uid("bob", far, far + 9) == far + 1
+    assert store.dynamic_uid("admin:alice", far, far + 9) == far + 2  # an admin is an owner of its own
+    assert store.dynamic_uid("alice", far, far + 9) == far
+    assert store.dynamic_users() == {"alice": far, "bob": far + 1, "admin:alice": far + 2}
+
+
+def test_dynamic_uids_survive_a_reopen_and_a_changed_range(tmp_path, far):
+    state = str(tmp_path / "state")
+    s = JobStore(state)
+    assert (s.dynamic_uid("alice", far, far + 9), s.dynamic_uid("bob", far, far + 9)) == (far, far + 1)
+    s.close()
+    s = JobStore(state)
+    try:
+        assert s.dynamic_uid("bob", far, far + 9) == far + 1
+        assert s.dynamic_uid("carol", far, far + 9) == far + 2
+        # An owner keeps its uid even if the range is moved; a new one comes from the new range.
+        assert s.dynamic_uid("alice", far + 100, far + 109) == far
+        assert s.dynamic_uid("dave", far + 100, far + 109) == far + 100
+    finally:
+        s.close()
+
+
+def test_a_uid_is_never_given_to_another_owner_even_after_its_jobs_records_are_gone(store, far):
+    store.put(record("aaaaaaaaaaaa", owner="alice", state=JobState.FINISHED))
+    uid = store.dynamic_uid("alice", far, far)
+    assert store.prune(max_records=0, created_before=None, keys_before=0) == ["aaaaaaaaaaaa"]
+    assert store.dynamic_uid("alice", far, far) == uid
+    with pytest.raises(ResourceExhausted):
+        store.dynamic_uid("bob", far, far)
+
+
+def test_uids_of_the_passwd_database_are_skipped(store):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody").pw_uid  # 65534 on Debian
+    assert store.dynamic_uid("alice", nobody, nobody + 1) == nobody + 1
+    with pytest.raises(ResourceExhausted):
+        store.dynamic_uid("bob", nobody, nobody)
+
+
+def test_gids_of_the_group_database_are_skipped(store):
+    """gid = uid: a group-only id (no user has it as uid) would give the jobs that group's files."""
+    import grp
+    import pwd
+
+    uids = {u.pw_uid for u in pwd.getpwall()}
+    gid = next(g.gr_gid for g in grp.getgrall() if g.gr_gid not in uids and g.gr_gid > 0)
+    with pytest.raises(ResourceExhausted):
+        store.dynamic_uid("alice", gid, gid)
+
+
+def test_a_used_up_range_is_resource_exhausted_naming_the_setting(store, far):
+    assert [store.dynamic_uid(o, far, far + 2) for o in ("a", "b", "c")] == [far, far + 1, far + 2]
+    with pytest.raises(ResourceExhausted) as info:
+        store.dynamic_uid("d", far, far + 2)
+    assert "run_as.dynamic_uids" in info.value.message and f"{far}-{far + 2}" in info.value.message
+    assert "'d'" in info.value.message
+    assert store.dynamic_uid("c", far, far + 2) == far + 2  # those who have one keep it
+    assert "d" not in store.dynamic_users()
+
+
+def test_concurrent_allocations_give_distinct_uids_and_one_per_owner(store, far):
+    got: dict[tuple[str, int], int] = {}
+    barrier = threading.Barrier(40)
+
+    def allocate(owner: str, attempt: int) -> None:
+        barrier.wait()
+        got[owner, attempt] = store.dynamic_uid(owner, far, far + 99)
+
+    threads = [threading.Thread(target=allocate, args=(f"user{i % 20}", i // 20)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    per_owner = {owner: {uid for (o, _), uid in got.items() if o == owner} for owner, _ in got}
+    assert all(len(uids) == 1 for uids in per_owner.values()), per_owner
+    assert sorted(uid for uids in per_owner.values() for uid in uids) == list(range(far, far + 20))
+    assert store.dynamic_users() == {owner: next(iter(uids)) for owner, uids in per_owner.items()}

@@ -509,7 +509,7 @@ def main() -> int:
         job = stop(job_id, grace="1")
         gone = wait_for(f"{group} removed", lambda: not os.path.exists(group), 30)
         detail["group_removed_after_stop"] = gone
-        # and a user-role client's job (run as nobody) in jobs/user-alice, under limits.per_user
+        # and a user-role client's job (run as its dynamic uid) in jobs/user-alice, under limits.per_user
         must(["jobworkerd", "ca", "issue", "--dir", "/etc/jobworkerd/tls", "--name", "alice", "--role", "user",
               "--out", "/root/alice"])
         alice = ["--cert", "/root/alice.crt", "--key", "/root/alice.key"]
