@@ -44,8 +44,10 @@ def dynamic_uid(stub, **command) -> int:
 
 @pytest.fixture
 def shared_dir():
-    """World-writable and sticky, like /tmp: where jobs of two clients could meet."""
-    path = Path(tempfile.mkdtemp(prefix="jobworkerd-dynamic-", dir="/var/tmp"))
+    """World-writable and sticky, like /tmp: where jobs of two clients could meet. The sandbox gives every
+    job its own /tmp and /var/tmp and a read-only host, so this is a host directory the config makes
+    writable to jobs (sandbox.profiles.default.writable_paths)."""
+    path = Path(tempfile.mkdtemp(prefix="jobworkerd-dynamic-", dir="/var/lib"))
     path.chmod(0o1777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -66,7 +68,8 @@ def test_each_user_runs_as_a_uid_of_its_own_and_an_admin_asking_for_dynamic_too(
     assert (job.run_as, uid, gid) == ("nobody", "65534", "65534") and env.startswith("/nonexistent nobody")
 
 
-def test_one_users_private_file_is_not_anothers(daemon, shared_dir):
+def test_one_users_private_file_is_not_anothers(daemon_factory, shared_dir):
+    daemon = daemon_factory({"sandbox": {"profiles": {"default": {"writable_paths": [str(shared_dir)]}}}}).start()
     alice, bob = daemon.stub("alice", "user"), daemon.stub("bob", "user")
     secret = shared_dir / "secret"
     wrote = wait_job(alice, sh(alice, f"umask 077; echo mine > {secret}").id)
