@@ -95,7 +95,7 @@ class JobManager:
         self.run_dir = RunDir(config.run_dir, config.limits.output_total)
         self.jobs_dir = self.run_dir.jobs_dir
         # Shown empty inside every job: other jobs' output, and every job's record (arguments, environment).
-        self.hidden_paths = [self.jobs_dir, os.path.realpath(config.state_dir)]
+        self.hidden_paths = [self.jobs_dir, os.path.realpath(config.state_dir), *_key_directories(config)]
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -642,6 +642,18 @@ class JobManager:
             ))
         if has_cgroup:
             self.backend.remove(job_id)
+
+
+SHARED_DIRECTORIES = {"/", "/etc", "/root", "/usr", "/var", "/home", "/srv", "/opt", "/tmp", "/run"}
+
+
+def _key_directories(config: Config) -> list[str]:
+    """The directory of the daemon's TLS key (and the CA's, /etc/jobworkerd/tls by default), hidden in
+    every job as the state directory is: a root job reads any file of the host's it can see, and the CA
+    key would let it mint an admin's certificate. Left visible when the key sits in a directory shared
+    with the rest of the host, which hiding would break for the job."""
+    directory = os.path.dirname(os.path.realpath(config.tls.key))
+    return [] if directory in SHARED_DIRECTORIES else [directory]
 
 
 def _check_key(key: str) -> None:

@@ -332,3 +332,22 @@ def test_a_job_record_shows_its_sandbox(d):
     text = d.jobctl("status", job_id, **USER).stdout.decode()
     assert "sandbox:" in text and "default" in text and "hostname shown" in text
     assert stat.S_ISDIR(os.stat("/").st_mode)  # and the host is as it was
+
+
+def test_the_tls_key_directory_is_hidden_even_from_root_jobs(host, tmp_path):
+    """A root job reads what it can see (CAP_DAC_OVERRIDE): the daemon's key directory is shown empty. (Not
+    the module's daemon: its key is below /tmp, which no job sees anyway.)"""
+    from daemon_harness import Daemon, unmount_output_tmpfs
+
+    workdir = host["base"] / "keyed"
+    daemon = Daemon(workdir, run_dir=tmp_path / "run").start()
+    try:
+        assert (workdir / "server.key").exists()
+        for who in (USER, ADMIN_ROOT):
+            done = daemon.jobctl("run", "--", "sh", "-c", f"ls -A {workdir} | wc -l; cat {workdir}/server.key 2>&1",
+                                 **who)
+            assert done.stdout.split(b"\n")[0] == b"0", done.stdout
+            assert b"PRIVATE KEY" not in done.stdout
+    finally:
+        daemon.stop()
+        unmount_output_tmpfs(tmp_path)
