@@ -220,9 +220,10 @@ def test_fork_bomb_is_contained_by_pids_and_stopped_cleanly(daemon):
 def test_job_that_closes_its_stdout_keeps_running_and_exits_0(daemon, tmp_path):
     stub = daemon.stub()
     marker = new_marker()
-    go = tmp_path / "go"
+    go = tmp_path / "go"  # in the job's directory: the one host directory it sees written (its /tmp is its own)
+    tmp_path.chmod(0o755)
     job = sh(stub, f"echo before-{marker}; exec >&- 2>&-; "
-                   f"while [ ! -e {go} ]; do {marked_nap(marker)}; done; exit 0")
+                   f"while [ ! -e {go} ]; do {marked_nap(marker)}; done; exit 0", directory=str(tmp_path))
     result: list[bytes] = []
     follower = threading.Thread(target=lambda: result.append(read_all(stub, job.id)))
     follower.start()

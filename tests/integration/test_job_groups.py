@@ -100,7 +100,8 @@ print("released", len(hold) >> 20, flush=True)
 
 
 def hold(m: JobManager, group: JobGroup, mib: int, release: Path, **limits):
-    return m.start(JobSpec(PYTHON, ("-S", "-c", HOLD.format(mib=mib, release=str(release))),
+    # The release file is in the job's directory: the one host directory a job sees written (its /tmp is its own).
+    return m.start(JobSpec(PYTHON, ("-S", "-c", HOLD.format(mib=mib, release=str(release))), directory=str(release.parent),
                            limits=Limits(**limits)), owner=group.name, group=group)
 
 
@@ -158,7 +159,8 @@ def test_a_per_user_pids_ceiling_bounds_all_of_one_users_jobs_together(make_mana
     release = tmp_path / "release"
 
     def forker(group: JobGroup, n: int):
-        return m.start(JobSpec(PYTHON, ("-S", "-c", FORKER.format(n=n, release=str(release))), limits=Limits(pids=100)),
+        return m.start(JobSpec(PYTHON, ("-S", "-c", FORKER.format(n=n, release=str(release))), limits=Limits(pids=100),
+                               directory=str(release.parent)),
                        owner=group.name, group=group)
 
     first = forker(ALICE, 15)
