@@ -203,19 +203,59 @@ class LimitValues:
     _convert = {"cpu": _opt(_positive_float), "memory": _opt(_size), "pids": _opt(_positive_int)}
 
 
+# What the kernel takes for an io ceiling: io.max refuses 0 and 1 (ERANGE, EINVAL), and keeps iops in 32
+# bits, silently taking more as no limit. Bytes per second are bounded like a job's io limits.
+MIN_IO_CEILING = 2
+MAX_IO_BPS = 1 << 62
+MAX_IO_IOPS = (1 << 32) - 1
+
+
+def _io_bps(value: Any, key: str) -> int:
+    rate = _size(value, key)
+    if not MIN_IO_CEILING <= rate <= MAX_IO_BPS:
+        raise ConfigError(f"{key}: bytes per second from {MIN_IO_CEILING} (the kernel's io.max refuses 0 and 1) "
+                          f"to {MAX_IO_BPS}, got {value!r}")
+    return rate
+
+
+def _io_iops(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_IO_CEILING <= value <= MAX_IO_IOPS:
+        raise ConfigError(f"{key}: a whole number of operations per second from {MIN_IO_CEILING} (the kernel's "
+                          f"io.max refuses 0 and 1) to {MAX_IO_IOPS} (the kernel keeps iops in 32 bits and would "
+                          f"silently take more as no limit), got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class CeilingValues:
-    """What all the jobs of one group (a user's, or the admins') may use together; None = no ceiling."""
+    """What all the jobs of one group (a user's, or the admins') may use together; None = no ceiling.
+    The io ceilings apply to one disk: the one holding io_device (None: the state directory)."""
 
     cpu: float | None = None
     memory: int | None = None
     pids: int | None = None
+    io_device: str | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    io_read_iops: int | None = None
+    io_write_iops: int | None = None
 
-    _convert = {"cpu": _opt(_positive_float), "memory": _opt(_size_or_share_of_ram), "pids": _opt(_positive_int)}
+    _convert = {
+        "cpu": _opt(_positive_float), "memory": _opt(_size_or_share_of_ram), "pids": _opt(_positive_int),
+        "io_device": _opt(_path), "io_read_bps": _opt(_io_bps), "io_write_bps": _opt(_io_bps),
+        "io_read_iops": _opt(_io_iops), "io_write_iops": _opt(_io_iops),
+    }
+
+    def limits(self, default_io_device: str | None = None) -> Limits:
+        """As the Limits a group's cgroup is given; io_device only with an io ceiling (default_io_device if unset)."""
+        io = {"io_read_bps": self.io_read_bps, "io_write_bps": self.io_write_bps,
+              "io_read_iops": self.io_read_iops, "io_write_iops": self.io_write_iops}
+        device = (self.io_device or default_io_device) if any(v is not None for v in io.values()) else None
+        return Limits(cpu=self.cpu, memory=self.memory, pids=self.pids, io_device=device, **io)
 
 
 def _user_ceilings(value: Any, key: str) -> dict[str, dict[str, Any]]:
-    """limits.users: {NAME: {cpu, memory, pids}}; each key given replaces limits.per_user's (null = none)."""
+    """limits.users: {NAME: {cpu, memory, pids, io_...}}; each key given replaces limits.per_user's (null = none)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -226,10 +266,11 @@ def _user_ceilings(value: Any, key: str) -> dict[str, dict[str, Any]]:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{key}: user names are certificate CNs (non-empty strings), got {name!r}")
         if not isinstance(ceilings, dict):
-            raise ConfigError(f"{path}: expected a mapping with cpu, memory, pids, got {ceilings!r}")
+            raise ConfigError(f"{path}: expected a mapping with cpu, memory, pids or io ceilings, got {ceilings!r}")
         for field_name in ceilings:
             if field_name not in CeilingValues._convert:
-                raise ConfigError(f"unknown config key '{path}.{field_name}' (known here: cpu, memory, pids)")
+                raise ConfigError(f"unknown config key '{path}.{field_name}' (known here: "
+                                  f"{', '.join(CeilingValues._convert)})")
         users[name] = {k: CeilingValues._convert[k](v, f"{path}.{k}") for k, v in ceilings.items()}
     return users
 
@@ -258,10 +299,19 @@ class LimitsConfig:
         "users": _user_ceilings,
     }
 
-    def ceiling(self, group: JobGroup) -> Limits:
-        """The ceilings of a job group: limits.admins, or limits.per_user with the user's overrides."""
+    def ceiling(self, group: JobGroup, default_io_device: str | None = None) -> Limits:
+        """The ceilings of a job group: limits.admins, or limits.per_user with the user's overrides. An io
+        ceiling applies to the disk of its io_device, or else of default_io_device (the state directory)."""
         values = self.admins if group.admin else dataclasses.replace(self.per_user, **self.users.get(group.name, {}))
-        return Limits(cpu=values.cpu, memory=values.memory, pids=values.pids)
+        return values.limits(default_io_device)
+
+    def configured_ceilings(self, default_io_device: str | None = None) -> list[tuple[str, Limits]]:
+        """Every set of ceilings the config can give a group, by the key that sets it (checked at start)."""
+        found = [("limits.per_user", self.per_user.limits(default_io_device)),
+                 ("limits.admins", self.admins.limits(default_io_device))]
+        for name, overrides in self.users.items():
+            found.append((f"limits.users.{name}", dataclasses.replace(self.per_user, **overrides).limits(default_io_device)))
+        return found
 
 
 # run_as: not an account but "the calling client's own uid", allocated from run_as.dynamic_uids (README

@@ -21,8 +21,10 @@ import signal
 import threading
 import time
 
+from ..config import ConfigError
 from ..errors import InternalError, InvalidArgument
 from ..resources import ADMIN_GROUP, IOTarget, JobGroup, Limits, Usage
+from .devices import block_device_for
 from .groups import group_dir, is_job_id
 
 log = logging.getLogger("jobworkerd.cgroups")
@@ -94,6 +96,24 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
+IO_CEILING_KEYS = ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
+
+
+def io_ceilings_set(ceilings: Limits) -> list[str]:
+    """The io ceilings given (their config key names)."""
+    return [name for name in IO_CEILING_KEYS if getattr(ceilings, name) is not None]
+
+
+def ceiling_io_target(ceilings: Limits, key: str) -> IOTarget:
+    """The disk a group's io ceilings apply to: the one holding their io_device. ConfigError naming `key`."""
+    if not ceilings.io_device:
+        raise ConfigError(f"{key}: io ceilings need a disk to apply to (io_device), and none was given")
+    try:
+        return block_device_for(ceilings.io_device, hint=f"set {key}.io_device to a path on a real disk")
+    except InvalidArgument as exc:
+        raise ConfigError(f"{key}.io_device (default: state_dir): {exc.message}") from None
+
+
 def signal_pids(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -123,8 +143,9 @@ class CgroupBackend(abc.ABC):
         group_limits: Limits | None = None,
     ) -> None:
         """Create the job's cgroup inside its group's with its limits applied, before anything runs in it.
-        The group is made if it does not exist, and its ceilings (`group_limits`: cpu, memory, pids; None
-        = no ceiling) written when it is new or they differ from those last written. All or nothing."""
+        The group is made if it does not exist, and its ceilings (`group_limits`: cpu, memory, pids, io on
+        the disk of its io_device; None = no ceiling) written when it is new or they differ from those last
+        written. All or nothing."""
         self.check_limits(limits, io_target)
         name = group_dir(group)
         directories = self._dirs(os.path.join(name, job_id))
@@ -298,6 +319,12 @@ class CgroupBackend(abc.ABC):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
+
+    def check_ceilings(self, ceilings: Limits, key: str) -> None:
+        """Refuse, before any job is started, group ceilings this backend cannot enforce: ConfigError naming
+        the config key that sets them. Here: io ceilings on a device that is no disk."""
+        if ceilings.has_io:
+            ceiling_io_target(ceilings, key)
 
     @staticmethod
     def check_limits(limits: Limits, io_target: IOTarget | None) -> None:

@@ -9,8 +9,10 @@ from ..errors import InvalidArgument
 from ..resources import IOTarget
 
 
-def block_device_for(path: str, sys_dev_block: str = "/sys/dev/block") -> IOTarget:
-    """The disk (major:minor) holding `path`, or the disk of a block device node given directly."""
+def block_device_for(path: str, sys_dev_block: str = "/sys/dev/block",
+                     hint: str = "pass --io-device with a path on a real disk") -> IOTarget:
+    """The disk (major:minor) holding `path`, or the disk of a block device node given directly. `hint` ends
+    the message when `path` is on no block device: what the caller can do about it."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -21,7 +23,7 @@ def block_device_for(path: str, sys_dev_block: str = "/sys/dev/block") -> IOTarg
     if not os.path.exists(entry):
         raise InvalidArgument(
             f"io limits need a block device, but {path!r} is on device {major}:{minor}, which is not one "
-            "(tmpfs, overlay or a network filesystem?); pass --io-device with a path on a real disk"
+            f"(tmpfs, overlay or a network filesystem?); {hint}"
         )
     if os.path.exists(os.path.join(entry, "partition")):
         # /sys/dev/block/MAJ:MIN is a link into .../<disk>/<partition>; the disk's dev file is one level up.

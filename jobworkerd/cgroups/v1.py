@@ -7,7 +7,10 @@ carry a trailing space), the launcher's join through `tasks`, and reading memory
 
 Job groups (jobs/<group>) exist in every hierarchy, like jobs, so a job's path is the same in each. A
 group's memory ceiling bounds its jobs only with memory.use_hierarchy = 1: set on each new group (kernels
-since 5.11 have it always on).
+since 5.11 have it always on). There are no io ceilings on v1: blkio throttling is not hierarchical here
+(a limit on a parent bounds only io issued by the parent's own tasks, never its children's; measured on
+6.18: a parent at 2 MiB/s, an O_DIRECT write or read of 8 MiB in its child ran at over 1 GB/s), so a group
+limit would bound nothing. check_ceilings refuses one at start, with a config error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 from cgroupspy.nodes import Node
 
+from ..config import ConfigError
 from ..errors import InternalError
 from ..resources import IOTarget, Limits, Usage
 from .base import (
@@ -24,6 +28,7 @@ from .base import (
     JOBS_DIR,
     CgroupBackend,
     cpu_quota_us,
+    io_ceilings_set,
     kill_until_empty,
     read_file,
     read_keyed,
@@ -104,7 +109,13 @@ class V1Backend(CgroupBackend):
             if not memory.use_hierarchy:  # inherited from a parent without it (kernels before 5.11)
                 memory.use_hierarchy = True
 
+    def check_ceilings(self, ceilings: Limits, key: str) -> None:
+        if ceilings.has_io:
+            raise ConfigError(_no_io_ceilings(key, ceilings))
+
     def _write_ceilings(self, name: str, ceilings: Limits, previous: Limits | None) -> None:
+        if ceilings.has_io:  # refused at start (check_ceilings); never written as if it bounded anything
+            raise InternalError(_no_io_ceilings(f"the ceilings of job group {name}", ceilings))
         if previous is None or ceilings.cpu != previous.cpu:
             cpu = self._node_at("cpu", os.path.join(self._jobs_dir["cpu"], name)).controller
             cpu.cfs_period_us = CFS_PERIOD_US
@@ -234,3 +245,11 @@ class V1Backend(CgroupBackend):
                         os.rmdir(path)
                     except OSError:
                         pass  # not empty (jobs left for reconciliation) or already gone
+
+
+def _no_io_ceilings(key: str, ceilings: Limits) -> str:
+    given = ", ".join(f"{key}.{name}" for name in io_ceilings_set(ceilings))
+    return (f"{given}: io ceilings need cgroup v2, and jobs run on cgroup v1 here, whose blkio throttling is not "
+            "hierarchical: a limit on a job group's blkio.throttle files bounds only io issued by processes in the "
+            "group itself, which holds none, never its jobs' io, so it would bound nothing. Remove the io ceilings "
+            "(a job's own io limits do work on v1), or run the daemon on cgroup v2")

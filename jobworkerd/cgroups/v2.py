@@ -3,7 +3,8 @@
 Delegation: cgroup v2 forbids processes in a cgroup whose subtree_control enables controllers
 ("no internal processes"), so at setup this process moves itself from its own cgroup into
 <own>/supervisor, then enables cpu, memory, io and pids for <own>/<subtree>/jobs and below. Each job
-group (jobs/<group>) enables them again for its jobs, and holds no processes itself.
+group (jobs/<group>) enables them again for its jobs, and holds no processes itself. io throttling is
+hierarchical on v2, so a group's io.max bounds all its jobs' io together.
 Under systemd that own cgroup is the unit's, handed over by Delegate=yes.
 """
 
@@ -18,6 +19,7 @@ from .base import (
     CFS_PERIOD_US,
     JOBS_DIR,
     CgroupBackend,
+    ceiling_io_target,
     cpu_quota_us,
     kill_until_empty,
     read_file,
@@ -93,6 +95,28 @@ class V2Backend(CgroupBackend):
                 write_file(os.path.join(group, "memory.swap.max"), "max" if ceilings.memory is None else "0")
         if previous is None or ceilings.pids != previous.pids:
             write_file(os.path.join(group, "pids.max"), "max" if ceilings.pids is None else str(ceilings.pids))
+        if previous is None or _io(ceilings) != _io(previous):
+            self._write_io_ceiling(group, ceilings)
+
+    def _write_io_ceiling(self, group: str, ceilings: Limits) -> None:
+        """io.max: the ceiling's line for its disk (unset keys = max), and every other disk's line cleared
+        (a ceiling moved to another disk, or one removed from the config)."""
+        path = os.path.join(group, "io.max")
+        device = ""
+        if ceilings.has_io:
+            try:
+                target = ceiling_io_target(ceilings, f"job group {os.path.basename(group)}'s io ceiling")
+            except Exception as exc:  # the disk was one at start (check_ceilings); it is gone now
+                raise InternalError(str(exc)) from exc
+            device = f"{target.major}:{target.minor}"
+        for line in read_file(path, "").splitlines():
+            other = line.split()[0] if line.split() else ""
+            if other and other != device:
+                write_file(path, f"{other} rbps=max wbps=max riops=max wiops=max")
+        if device:
+            keys = (("rbps", ceilings.io_read_bps), ("wbps", ceilings.io_write_bps),
+                    ("riops", ceilings.io_read_iops), ("wiops", ceilings.io_write_iops))
+            write_file(path, f"{device} " + " ".join(f"{k}={'max' if v is None else v}" for k, v in keys))
 
     def _apply(self, job_id: str, limits: Limits, io_target: IOTarget | None) -> None:
         if limits.cpu is not None:
@@ -197,3 +221,7 @@ class V2Backend(CgroupBackend):
             except OSError:
                 return
             path = os.path.dirname(path)
+
+
+def _io(limits: Limits) -> tuple:
+    return (limits.io_device, limits.io_read_bps, limits.io_write_bps, limits.io_read_iops, limits.io_write_iops)

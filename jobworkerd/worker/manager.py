@@ -86,6 +86,7 @@ class JobManager:
         self._starts_done = threading.Condition(self._lock)
         self._keys_in_flight: set[tuple[str, str]] = set()
         self._unstored: dict[str, JobRecord] = {}  # state changes the store could not take yet
+        self._unstored_keys: dict[tuple[str, str], tuple[str, float]] = {}  # (owner, key) -> (job id, time), likewise
         self._unstored_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._monitor_loop, name="job-monitor", daemon=True)
         # Ending a job can wait (processes in uninterruptible I/O die slowly); never in the monitor thread,
@@ -100,6 +101,8 @@ class JobManager:
     # -- life cycle ------------------------------------------------------------------------------------------
 
     def open(self) -> "JobManager":
+        for key, ceilings in self.config.limits.configured_ceilings(self.config.state_dir):
+            self.backend.check_ceilings(ceilings, key)  # ConfigError: before anything is made
         self.run_dir.open()
         self.backend.setup()
         self.reconcile()
@@ -131,6 +134,10 @@ class JobManager:
         self.timers.close()
         self.forkserver.close()
         self.backend.teardown()
+        self._retry_unstored()  # a last try: what the store still cannot take is reconciled at the next start
+        if self._unstored or self._unstored_keys:
+            log.error("shutting down with %d job state change(s) and %d start key(s) the store could not take: %s",
+                      len(self._unstored), len(self._unstored_keys), " ".join(sorted(self._unstored)))
         self.store.close()
         self.hub.close()
 
@@ -180,7 +187,7 @@ class JobManager:
             with admit() if admit is not None else contextlib.nullcontext():
                 record = self._start(spec, owner, default_user, group)
             if idempotency_key:
-                self.store.remember_key(owner, idempotency_key, record.id, time.time())
+                self._remember_key(owner, idempotency_key, record.id)
             return record
         finally:
             with self._lock:
@@ -192,7 +199,8 @@ class JobManager:
         """The job `owner` started with this key within the idempotency window, if any."""
         _check_key(idempotency_key)
         since = time.time() - self.config.history.idempotency_window
-        job_id = self.store.job_for_key(owner, idempotency_key, since)
+        kept = self._unstored_keys.get((owner, idempotency_key))
+        job_id = kept[0] if kept and kept[1] >= since else self.store.job_for_key(owner, idempotency_key, since)
         return self.status(job_id) if job_id else None
 
     def _start(self, spec: JobSpec, owner: str, default_user: str | None, group: JobGroup) -> JobRecord:
@@ -224,7 +232,8 @@ class JobManager:
             raise
         self._changed(record)
         try:
-            self.backend.create(job_id, resolved.limits, resolved.io_target, group, self.config.limits.ceiling(group))
+            self.backend.create(job_id, resolved.limits, resolved.io_target, group,
+                               self.config.limits.ceiling(group, self.config.state_dir))
         except Exception as exc:
             os.close(output_fd)
             self._store_and_announce(self._failed(record, f"cannot create the job's cgroup: {exc}"))
@@ -571,10 +580,27 @@ class JobManager:
                 self._unstored.pop(record.id, None)  # a newer state is stored: an older one kept must not follow
                 return
             except Exception as exc:
-                first, error = not self._unstored, exc
+                first, error = not (self._unstored or self._unstored_keys), exc
                 self._unstored[record.id] = record
         log.error("job %s: its %s state could not be stored (%s); kept in memory, retried every %.0fs",
                   record.id, record.state.value, error, UNSTORED_RETRY)
+        if first:
+            self.timers.call_later(UNSTORED_RETRY, self._retry_unstored)
+
+    def _remember_key(self, owner: str, key: str, job_id: str) -> None:
+        """The job a start's idempotency key started. The job runs, supervised, whatever the store says: a key
+        the store cannot take is kept in memory, answered from there and retried like an unstored state, so a
+        client retrying with it gets this job back, never a second one (and never an error for a job that runs)."""
+        at = time.time()
+        with self._unstored_lock:
+            try:
+                self.store.remember_key(owner, key, job_id, at)
+                return
+            except Exception as exc:
+                first, error = not (self._unstored or self._unstored_keys), exc
+                self._unstored_keys[(owner, key)] = (job_id, at)
+        log.error("job %s: its idempotency key could not be stored (%s); kept in memory, retried every %.0fs",
+                  job_id, error, UNSTORED_RETRY)
         if first:
             self.timers.call_later(UNSTORED_RETRY, self._retry_unstored)
 
@@ -587,7 +613,14 @@ class JobManager:
                     continue
                 del self._unstored[job_id]
                 log.info("job %s: its %s state is stored now", job_id, record.state.value)
-            left = bool(self._unstored)
+            for (owner, key), (job_id, at) in list(self._unstored_keys.items()):
+                try:
+                    self.store.remember_key(owner, key, job_id, at)
+                except Exception:
+                    continue
+                del self._unstored_keys[(owner, key)]
+                log.info("job %s: its idempotency key is stored now", job_id)
+            left = bool(self._unstored or self._unstored_keys)
         if left and not self._closing:
             self.timers.call_later(UNSTORED_RETRY, self._retry_unstored)
 

@@ -25,6 +25,7 @@ MIN_MEMORY = 4 << 20  # the job's init (a small Python process) and the program 
 MIN_PIDS = 1  # the program alone (the job's init is outside the job's cgroup)
 MIN_CPU = 0.01  # cores: a CFS quota of 1 ms per 100 ms period
 MAX_IOPS = (1 << 32) - 1
+MIN_IO = 2  # the kernel's io.max refuses 0 (ERANGE) and 1 (EINVAL)
 DYNAMIC_HOME = "/tmp"  # a dynamic uid has no home of its own: the job's /tmp (private in the sandbox)
 
 
@@ -75,8 +76,9 @@ def check_limits(limits: Limits, config: LimitsConfig) -> Limits:
         raise InvalidArgument(f"pids must be between {MIN_PIDS} and {1 << 22}, got {pids}")
     for name in ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"):
         value = getattr(limits, name)
-        if value is not None and not 1 <= value <= MAX_LIMIT_INT:
-            raise InvalidArgument(f"{name.replace('_', '-')} must be a positive number, got {value}")
+        if value is not None and not MIN_IO <= value <= MAX_LIMIT_INT:
+            raise InvalidArgument(f"{name.replace('_', '-')} must be a number from {MIN_IO} (the kernel's io.max "
+                                  f"refuses 0 and 1) to {MAX_LIMIT_INT}, got {value}")
         if value is not None and name.endswith("iops") and value > MAX_IOPS:
             raise InvalidArgument(f"{name.replace('_', '-')} must be at most {MAX_IOPS} (the kernel keeps iops in 32 "
                                   f"bits and would silently take more as no limit), got {value}")

@@ -186,9 +186,15 @@ class JobStore:
 
     def remember_key(self, owner: str, key: str, job_id: str, at: float) -> None:
         """The job a client's idempotency key started (see StartJobRequest.idempotency_key)."""
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO start_keys (owner, key, job_id, created_at) VALUES (?, ?, ?, ?)",
-                             (owner, key, job_id, at))
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO start_keys (owner, key, job_id, created_at) VALUES (?, ?, ?, ?)",
+                                 (owner, key, job_id, at))
+        except sqlite3.OperationalError as exc:  # as put(): a full or failing disk
+            self._reconnect()
+            if "full" in str(exc) or _disk_full(self.path):
+                raise ResourceExhausted(f"state directory is full; cannot record the start key of job {job_id}") from exc
+            raise InternalError(f"job store {self.path}: {exc}") from exc
 
     def job_for_key(self, owner: str, key: str, since: float) -> str | None:
         with self._lock:

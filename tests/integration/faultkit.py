@@ -182,6 +182,21 @@ def small_tmpfs(mount_point: Path, size: str = "4M", mode: str = "0755") -> Iter
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
+def fill(directory: Path) -> Path:
+    """Fill the filesystem holding `directory` (a small tmpfs) to the last byte: a full disk. Returns the
+    file doing it; unlink it to free the room."""
+    import errno
+
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
 # -- this host's cgroup v1 hierarchies (the library tests create job cgroups beneath their own) --------------------
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")

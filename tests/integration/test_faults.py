@@ -1,6 +1,6 @@
 """Faults against the real daemon (issue 5): a daemon SIGKILL during a stream, a full run directory, the
-output cap, OOM, a fork bomb, a job that closes its stdout, a job that double-forks a daemon, and a
-client that opens 500 streams and vanishes.
+output cap, OOM, a fork bomb, a job that closes its stdout, a job that double-forks a daemon, a client
+that opens 500 streams and vanishes, and (issue 12) a start whose RUNNING record cannot be stored.
 
 Leftover processes are looked for two ways: by a unique marker that every process of the job carries in
 its command line (scanned in /proc; the scan is shown to find them while the job runs), and by the
@@ -22,6 +22,8 @@ import pytest
 
 from daemon_harness import fd_count, rss_bytes
 from faultkit import (
+    CGROUP_ROOT,
+    fill,
     forkserver_of,
     alive,
     free_port,
@@ -32,11 +34,14 @@ from faultkit import (
     marked_sleep,
     new_marker,
     output_file,
+    own_cgroups,
     read_all,
     rpc_error,
     sh,
+    small_tmpfs,
     start,
     stop_job,
+    v1_usable,
     wait_job,
     wait_until,
 )
@@ -375,3 +380,83 @@ def test_a_stopped_forkserver_is_replaced(daemon_factory):
     finally:
         if Path(f"/proc/{stopped}").exists():
             os.kill(stopped, signal.SIGCONT)
+
+
+# -- (i) a start whose RUNNING record cannot be stored (issue 12, item 7) ------------------------------------
+
+
+@pytest.mark.skipif(not v1_usable(), reason="freezes a job group through the cgroup v1 freezer")
+def test_a_start_whose_running_record_cannot_be_stored_hands_back_a_supervised_job_or_leaves_nothing(
+        daemon_factory, tmp_path):
+    """The state disk fills between the job's STARTING record (stored) and its RUNNING one, for real: the
+    admins' job group is frozen (v1 freezer) before the start, so the job's launcher stops as it joins its
+    new cgroup, after the STARTING record; the test sees that cgroup, fills the state tmpfs, and thaws.
+    Then either StartJob fails and nothing of the job is left, or it hands back the job and the daemon
+    supervises it: its end is recorded once the store works again, wait returns, the output is there, and
+    a retry with the same idempotency key (as jobctl sends) returns the same job, never a second one."""
+    with small_tmpfs(tmp_path / "state-fs", mode="0700") as state_fs:
+        d = daemon_factory({"state_dir": str(state_fs / "state")}).start()
+        stub = d.stub()
+        holder_marker, marker = new_marker(), new_marker()
+        holder = sh(stub, marked_sleep(holder_marker))  # keeps jobs/admin in place, to be frozen beforehand
+        group = CGROUP_ROOT / "freezer" / own_cgroups()["freezer"].lstrip("/") / d.subtree / "jobs" / "admin"
+        assert (group / holder.id).is_dir()
+        go = tmp_path / "go"
+        request = pb.StartJobRequest(
+            command=pb.Command(command="sh", arguments=[
+                "-c", f"echo started-{marker}; while [ ! -e {go} ]; do {marked_nap(marker)}; done; echo done; exit 7"]),
+            idempotency_key=f"retry-safe-{marker}")
+        filler = None
+        (group / "freezer.state").write_text("FROZEN")
+        try:
+            reply = stub.StartJob.future(request, timeout=60)
+            job_dir = wait_until(lambda: [p for p in group.iterdir() if p.is_dir() and p.name != holder.id],
+                                 "the job's cgroup (made after its STARTING record)")[0]
+            job_id = job_dir.name
+            assert not reply.done()  # its launcher waits, frozen, in the job's cgroup
+            filler = fill(state_fs)
+        finally:
+            (group / "freezer.state").write_text("THAWED")
+        try:
+            job = reply.result()
+        except grpc.RpcError as exc:
+            # Told it failed: then nothing of the job may be running, and nothing of it left.
+            assert exc.code() != grpc.StatusCode.OK
+            wait_until(lambda: not marked_processes(marker), f"no process of job {job_id} after a failed start")
+            assert not job_cgroups(d, job_id), job_cgroups(d, job_id)
+            filler.unlink()
+            assert [j.id for j in stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs
+                    if j.state != FINISHED] == [holder.id]
+            stop_job(stub, holder.id, grace=0)
+            d.stop()
+            return
+        # Handed back: the job is the one whose cgroup we saw, it runs, and the daemon knows it.
+        assert (job.id, job.state) == (job_id, pb.JOB_STATE_RUNNING), job
+        log = d.log.read_text()
+        assert f"job {job.id}: its running state could not be stored" in log, log[-3000:]  # the fault was real
+        wait_until(lambda: marked_processes(marker), "the job's processes")
+        assert stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).state == pb.JOB_STATE_RUNNING
+        assert read_all(stub, job.id, follow=False) == f"started-{marker}\n".encode()
+        # The client's retry (it may have lost the reply) gets the same job: nothing runs twice.
+        again = stub.StartJob(request, timeout=30)
+        assert again.id == job.id
+        assert sorted(j.id for j in stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs) == sorted([holder.id, job.id])
+        # It ends while the disk is still full: the end is seen and answered from memory.
+        go.touch()
+        ended = wait_job(stub, job.id)
+        assert (ended.state, ended.reason, ended.exit_code) == (FINISHED, R.TERMINATION_REASON_EXITED, 7), ended
+        assert read_all(stub, job.id) == f"started-{marker}\ndone\n".encode()
+        assert not marked_processes(marker) and not job_cgroups(d, job.id)
+        # Room again: the end (and the key) reach the store, and survive a restart.
+        filler.unlink()
+        wait_until(lambda: f"job {job.id}: its finished state is stored now" in d.log.read_text(),
+                   "the job's end to be stored on a retry")
+        stop_job(stub, holder.id, grace=0)
+        assert d.stop() == 0
+        stub = d.start().stub()
+        stored = stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30)
+        assert (stored.state, stored.reason, stored.exit_code) == (FINISHED, R.TERMINATION_REASON_EXITED, 7), stored
+        assert stub.StartJob(request, timeout=30).id == job.id
+        assert read_all(stub, job.id) == f"started-{marker}\ndone\n".encode()
+        assert d.stop() == 0
+        assert not d.cgroup_dirs(), d.cgroup_dirs()

@@ -1,6 +1,8 @@
 """Job groups on this host's real cgroup v1 (issue 12, item 2): each user's jobs in jobs/user-<name>,
 admins' in jobs/admin, the groups' ceilings enforced by the kernel over all of a group's jobs together,
-no group left once its jobs have ended, and old-layout (jobs/<id>) leftovers reconciled.
+no group left once its jobs have ended, and old-layout (jobs/<id>) leftovers reconciled. io ceilings are
+refused on v1 at start, with a config error, because blkio throttling is not hierarchical here (measured
+below, so a kernel that changes this is noticed); on v2 they are the VM tier's `job-group-io` check.
 
 The ceilings are tested through JobManager directly (readiness through the jobs' output, never by
 sleeping); the placement by identity through the real daemon and jobctl with user and admin certificates.
@@ -9,6 +11,7 @@ sleeping); the placement by identity through the real daemon and jobctl with use
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 from faultkit import CGROUP_ROOT, V1_CONTROLLERS, own_cgroups, v1_usable
 
-from jobworkerd.config import config_from_dict
+from jobworkerd.config import ConfigError, config_from_dict
 from jobworkerd.worker import JobGroup, JobManager, JobSpec, Limits, Reason
 
 SUBTREE = f"jobworkerd-groups-{os.getpid()}"
@@ -238,3 +241,79 @@ def test_users_jobs_land_in_their_own_groups_and_admins_in_theirs_and_no_group_o
     for job_id, who, role in ((alice, "alice", "user"), (bob, "bob", "user"), (admin, "root", "admin")):
         assert d.jobctl("stop", "--grace", "0", job_id, name=who, role=role).returncode == 0
     assert d.cgroup_dirs() and all(Path(p).name == "jobs" or Path(p).name == d.subtree for p in d.cgroup_dirs()), d.cgroup_dirs()
+
+
+# -- io ceilings: none on v1 --------------------------------------------------------------------------------
+
+
+def _disk_of(path: Path) -> str | None:
+    dev = os.stat(path).st_dev
+    entry = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not entry.exists():
+        return None
+    if (entry / "partition").exists():
+        return (entry.resolve().parent / "dev").read_text().strip()
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def _dd_in(cgroup: Path, *dd: str) -> tuple[float, str]:
+    """dd run inside a blkio cgroup; (seconds dd reports, its last line)."""
+    done = subprocess.run(["sh", "-c", f'echo $$ > {cgroup}/tasks && exec "$@"', "sh", "dd", *dd],
+                          capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 0, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    return float(re.search(r"copied, ([0-9.]+) s", line).group(1)), line
+
+
+def test_v1_blkio_throttling_is_not_hierarchical_on_this_kernel_which_is_why_v1_has_no_io_ceilings(tmp_path):
+    disk = _disk_of(tmp_path)
+    blkio = CGROUP_ROOT / "blkio" / own_cgroups().get("blkio", "/").lstrip("/")
+    if disk is None or not (blkio / "blkio.throttle.write_bps_device").exists():
+        pytest.skip("needs the blkio controller and a temp directory on a disk")
+    parent = blkio / f"{SUBTREE}-io-probe"
+    child = parent / "child"
+    child.mkdir(parents=True)
+    limit = 2 << 20
+    try:
+        # The control: a limit on the cgroup the writer is in throttles it (8 MiB in 1 MiB O_DIRECT writes: ~3.5 s).
+        (child / "blkio.throttle.write_bps_device").write_text(f"{disk} {limit}")
+        alone, alone_line = _dd_in(child, "if=/dev/zero", f"of={tmp_path / 'a'}", "bs=1M", "count=8", "oflag=direct")
+        (child / "blkio.throttle.write_bps_device").write_text(f"{disk} 0")
+        # The same limit on its parent only, as a group ceiling would be: the child's writes pass unthrottled.
+        (parent / "blkio.throttle.write_bps_device").write_text(f"{disk} {limit}")
+        below, below_line = _dd_in(child, "if=/dev/zero", f"of={tmp_path / 'b'}", "bs=1M", "count=8", "oflag=direct")
+        written = {line.split()[1]: int(line.split()[2]) for line in
+                   (parent / "blkio.throttle.io_service_bytes_recursive").read_text().splitlines()
+                   if line.startswith(disk + " ")}
+    finally:
+        child.rmdir()
+        parent.rmdir()
+    print(f"2 MiB/s on the writer's own blkio cgroup: {alone_line}; on its parent only: {below_line}")
+    assert alone >= 7 * (1 << 20) / limit * 0.9, alone_line  # throttled: the measurement works
+    assert written.get("Write", 0) >= 16 << 20  # both writes went to the limited disk, counted at the parent
+    assert below < 7 * (1 << 20) / limit / 2, (
+        f"a parent's blkio limit now bounds its child ({below_line}): v1 blkio is hierarchical on this kernel, "
+        "so the v1 backend could offer io ceilings instead of refusing them")
+
+
+@pytest.mark.parametrize(("limits", "keys"), [
+    ({"per_user": {"io_write_bps": "2M"}}, "limits.per_user.io_write_bps"),
+    ({"users": {"bob": {"io_read_iops": 100, "io_write_iops": 100}}},
+     "limits.users.bob.io_read_iops, limits.users.bob.io_write_iops"),
+    ({"admins": {"io_device": "/", "io_read_bps": "1G"}}, "limits.admins.io_read_bps"),
+])
+def test_an_io_ceiling_on_v1_is_a_config_error_before_anything_is_made(make_manager, limits, keys):
+    with pytest.raises(ConfigError) as info:
+        make_manager(**limits)
+    assert str(info.value).startswith(f"{keys}: io ceilings need cgroup v2, and jobs run on cgroup v1 here, whose "
+                                      "blkio throttling is not hierarchical"), str(info.value)
+    assert leftovers() == []
+
+
+def test_the_daemon_refuses_to_start_with_an_io_ceiling_on_v1(daemon_factory):
+    d = daemon_factory({"limits": {"per_user": {"io_write_bps": "10M"}}})
+    with pytest.raises(RuntimeError) as info:
+        d.start()
+    assert "daemon exited with 2" in str(info.value)
+    assert "jobworkerd: limits.per_user.io_write_bps: io ceilings need cgroup v2" in str(info.value)
+    assert d.cgroup_dirs() == []

@@ -649,3 +649,29 @@ def test_setup_and_teardown_remove_empty_groups(tree):
     backend.teardown()
     assert not any(group_path(tree, c, "user-empty").exists() for c in CONTROLLERS)
     assert all(job_dir(tree, c, group="user-alice").is_dir() for c in CONTROLLERS)
+
+
+# -- no io ceilings on v1: blkio throttling is not hierarchical (a parent's limit bounds no child) ------------
+
+
+def test_check_ceilings_refuses_an_io_ceiling_with_a_config_error_saying_why(tree):
+    from jobworkerd.config import ConfigError
+
+    backend = make(tree)
+    with pytest.raises(ConfigError) as info:
+        backend.check_ceilings(Limits(cpu=1.0, io_device="/", io_write_bps=2 << 20, io_read_iops=100), "limits.per_user")
+    message = str(info.value)
+    assert message.startswith("limits.per_user.io_write_bps, limits.per_user.io_read_iops: io ceilings need cgroup v2"), \
+        message
+    assert "not hierarchical" in message and "a job's own io limits do work on v1" in message
+    backend.check_ceilings(Limits(cpu=1.0, memory=1 << 30, pids=100), "limits.per_user")  # the others are fine
+
+
+def test_an_io_ceiling_that_reaches_create_anyway_is_refused_and_leaves_no_group(tree):
+    backend = make(tree)
+    backend.setup()
+    with pytest.raises(InternalError, match="io ceilings need cgroup v2"):
+        backend.create(JOB, Limits(), None, ALICE, Limits(io_device="/", io_write_bps=2 << 20))
+    for controller in CONTROLLERS:
+        assert not group_path(tree, controller).exists()
+        assert files_in(group_path(tree, controller).parent) == []

@@ -474,3 +474,81 @@ def test_setup_and_teardown_remove_empty_groups(tmp_path, own):
     backend.teardown()
     assert not (own / "x/jobs/user-empty").exists()
     assert (own / "x/jobs/user-alice" / JOB).is_dir()
+
+
+# -- the group's io ceiling (io.max on jobs/<group>; io throttling is hierarchical on v2) ----------------------
+
+DISK = "254:0"
+
+
+@pytest.fixture
+def disk(monkeypatch):
+    """Every io_device resolves to the disk 254:0 (paths are the test's; the disk is the kernel's)."""
+    seen = []
+
+    def resolve(path, **kwargs):
+        seen.append(path)
+        return IOTarget(254, 0) if path != "/other-disk" else IOTarget(8, 16)
+
+    monkeypatch.setattr("jobworkerd.cgroups.base.block_device_for", resolve)
+    return seen
+
+
+def test_a_groups_io_ceiling_is_one_io_max_line_for_its_disk_with_the_rest_unlimited(tmp_path, own, writes, disk):
+    backend = ready(tmp_path)
+    writes.clear()
+    backend.create(JOB, Limits(io_write_bps=8 << 20), IOTarget(254, 0), ALICE,
+                   Limits(io_device="/var/lib/jobworkerd", io_write_bps=2 << 20, io_read_iops=300))
+    group = own / "x/jobs/user-alice"
+    assert disk == ["/var/lib/jobworkerd"]
+    assert writes == [
+        (str(group / "cgroup.subtree_control"), ENABLE),  # io among them: the group's jobs get io.max too
+        (str(group / "io.max"), f"{DISK} rbps=max wbps={2 << 20} riops=300 wiops=max"),
+        (str(group / JOB / "io.max"), f"{DISK} wbps={8 << 20}"),  # the job's own, bounded by the group's
+    ]
+
+
+def test_an_io_ceiling_moved_to_another_disk_or_removed_clears_the_old_line(tmp_path, own, writes, disk):
+    backend = ready(tmp_path)
+    backend.create(JOB, Limits(), None, ALICE, Limits(io_device="/", io_read_bps=1 << 20))
+    group = own / "x/jobs/user-alice"
+    writes.clear()
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(io_device="/other-disk", io_read_bps=1 << 20))
+    assert writes == [(str(group / "io.max"), f"{DISK} rbps=max wbps=max riops=max wiops=max"),
+                      (str(group / "io.max"), f"8:16 rbps={1 << 20} wbps=max riops=max wiops=max")]
+    writes.clear()
+    backend.create("bbbbbbbbbbbb", Limits(), None, ALICE, Limits())  # the config's io ceiling is gone
+    assert writes == [(str(group / "io.max"), "8:16 rbps=max wbps=max riops=max wiops=max")]
+
+
+def test_after_a_restart_an_io_ceiling_no_longer_configured_is_cleared(tmp_path, own, writes, disk):
+    ready(tmp_path).create(JOB, Limits(), None, ALICE, Limits(io_device="/", io_write_iops=50))
+    again = ready(tmp_path)  # what io.max holds is unknown to it: it reads the file
+    writes.clear()
+    again.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(pids=10))
+    group = own / "x/jobs/user-alice"
+    assert (str(group / "io.max"), f"{DISK} rbps=max wbps=max riops=max wiops=max") in writes
+
+
+def test_an_unchanged_io_ceiling_is_not_written_again(tmp_path, own, writes, disk):
+    backend = ready(tmp_path)
+    backend.create(JOB, Limits(), None, ALICE, Limits(io_device="/", io_write_bps=4 << 20))
+    writes.clear()
+    backend.create("aaaaaaaaaaaa", Limits(), None, ALICE, Limits(io_device="/", io_write_bps=4 << 20))
+    assert writes == []
+
+
+def test_check_ceilings_refuses_an_io_ceiling_on_something_that_is_no_disk(tmp_path, own):
+    from jobworkerd.config import ConfigError
+
+    backend = make(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        backend.check_ceilings(Limits(io_device="/proc", io_write_bps=1 << 20), "limits.users.bob")
+    message = str(info.value)
+    assert message.startswith("limits.users.bob.io_device (default: state_dir): io limits need a block device, "
+                              "but '/proc' is on device"), message
+    assert message.endswith("set limits.users.bob.io_device to a path on a real disk"), message
+    with pytest.raises(ConfigError, match="limits.per_user.io_device .*No such file"):
+        backend.check_ceilings(Limits(io_device=str(tmp_path / "none"), io_read_iops=10), "limits.per_user")
+    backend.check_ceilings(Limits(io_device="/proc", memory=1 << 30), "limits.admins")  # no io ceiling: no disk needed
+    assert not (own / "x").exists()  # checked before anything is made

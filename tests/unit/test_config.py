@@ -352,6 +352,20 @@ def test_per_user_ceilings_with_overrides_per_user():
     ({"users": {"alice": 5}}, "limits.users.alice: expected a mapping"),
     ({"users": {"alice": {"swap": 1}}}, "unknown config key 'limits.users.alice.swap'"),
     ({"users": {"alice": {"cpu": -1}}}, "limits.users.alice.cpu: expected a positive number"),
+    # io: what the kernel's io.max would refuse (0, 1) or silently misread (iops over 32 bits) never loads
+    ({"per_user": {"io_write_bps": 1}}, "limits.per_user.io_write_bps: bytes per second from 2 (the kernel's io.max "
+                                        "refuses 0 and 1)"),
+    ({"per_user": {"io_read_bps": 0}}, "limits.per_user.io_read_bps: bytes per second from 2"),
+    ({"admins": {"io_read_bps": (1 << 62) + 1}}, f"limits.admins.io_read_bps: bytes per second from 2 (the kernel's "
+                                                f"io.max refuses 0 and 1) to {1 << 62}"),
+    ({"per_user": {"io_read_iops": 1}}, "limits.per_user.io_read_iops: a whole number of operations per second from 2"),
+    ({"users": {"bob": {"io_write_iops": 1 << 32}}}, f"limits.users.bob.io_write_iops: a whole number of operations "
+                                                     f"per second from 2 (the kernel's io.max refuses 0 and 1) to "
+                                                     f"{(1 << 32) - 1} (the kernel keeps iops in 32 bits"),
+    ({"per_user": {"io_write_iops": True}}, "limits.per_user.io_write_iops: a whole number"),
+    ({"per_user": {"io_device": "var/lib"}}, "limits.per_user.io_device: expected an absolute path"),
+    ({"users": {"alice": {"io": 1}}}, "(known here: cpu, memory, pids, io_device, io_read_bps, io_write_bps, "
+                                      "io_read_iops, io_write_iops)"),
 ])
 def test_bad_ceilings_are_refused_naming_the_key(data, message):
     with pytest.raises(ConfigError) as info:
@@ -365,3 +379,29 @@ def test_the_dynamic_uid_range():
     assert (one.low, one.high, str(one)) == (1, 1, "1-1")
     assert str(config_from_dict({"run_as": {"dynamic_uids": "61184-2147483646"}}).run_as.dynamic_uids) == \
         "61184-2147483646"
+
+
+def test_io_ceilings_apply_to_the_disk_of_io_device_or_else_the_state_directory():
+    from jobworkerd.worker.models import ADMIN_GROUP, JobGroup
+
+    limits = config_from_dict({"limits": {
+        "per_user": {"io_write_bps": "20M", "io_read_iops": 500},
+        "users": {"ci-bot": {"io_device": "/srv/ci", "io_write_bps": None, "io_write_iops": (1 << 32) - 1},
+                  "bob": {"io_write_bps": None, "io_read_iops": None}},
+    }}).limits
+    alice = limits.ceiling(JobGroup("alice"), "/var/lib/jobworkerd")
+    assert (alice.io_device, alice.io_read_bps, alice.io_write_bps, alice.io_read_iops, alice.io_write_iops) == \
+        ("/var/lib/jobworkerd", None, 20 << 20, 500, None)
+    bot = limits.ceiling(JobGroup("ci-bot"), "/var/lib/jobworkerd")
+    assert (bot.io_device, bot.io_write_bps, bot.io_read_iops, bot.io_write_iops) == ("/srv/ci", None, 500, (1 << 32) - 1)
+    bob = limits.ceiling(JobGroup("bob"), "/var/lib/jobworkerd")  # every io ceiling overridden away: no device
+    assert not bob.has_io and bob.io_device is None
+    assert not limits.ceiling(ADMIN_GROUP, "/var/lib/jobworkerd").has_io
+    assert limits.ceiling(JobGroup("alice")).io_device is None  # no default given: the backend refuses it
+    keys = [key for key, _ in limits.configured_ceilings("/state")]
+    assert keys == ["limits.per_user", "limits.admins", "limits.users.ci-bot", "limits.users.bob"]
+    assert dict(limits.configured_ceilings("/state"))["limits.users.ci-bot"] == bot
+
+
+def test_the_default_config_sets_no_io_ceiling():
+    assert not any(c.has_io for _, c in config_from_dict({}).limits.configured_ceilings("/var/lib/jobworkerd"))

@@ -213,10 +213,12 @@ def test_iops_above_32_bits_are_refused_not_silently_unlimited(name):
 
 
 @pytest.mark.parametrize("name", ["io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"])
-@pytest.mark.parametrize("value", [0, -1])
-def test_io_limits_must_be_positive(name, value):
+@pytest.mark.parametrize("value", [0, -1, 1])
+def test_io_limits_the_kernel_refuses_are_invalid_not_internal(name, value):
     message = refused(InvalidArgument, JobSpec("true", limits=Limits(**{name: value})))
-    assert message == f"{name.replace('_', '-')} must be a positive number, got {value}"
+    assert message == (f"{name.replace('_', '-')} must be a number from 2 (the kernel's io.max refuses 0 and 1) "
+                       f"to {1 << 62}, got {value}")
+    assert check_limits(Limits(**{name: 2}), NO_DEFAULTS) == Limits(**{name: 2})
 
 
 def test_io_limit_on_something_that_is_not_a_block_device():
@@ -226,7 +228,7 @@ def test_io_limit_on_something_that_is_not_a_block_device():
 
 
 def test_io_limit_on_a_missing_device_path(tmp_path):
-    message = refused(InvalidArgument, JobSpec("true", limits=Limits(io_read_bps=1, io_device=str(tmp_path / "x"))))
+    message = refused(InvalidArgument, JobSpec("true", limits=Limits(io_read_bps=2, io_device=str(tmp_path / "x"))))
     assert message.startswith("io device ") and "No such file" in message
 
 
@@ -281,7 +283,7 @@ def test_invalid_beats_over_the_maximum():
 
 
 def test_check_limits_keeps_io_settings():
-    limits = Limits(io_device="/", io_read_bps=1, io_write_bps=2, io_read_iops=3, io_write_iops=4)
+    limits = Limits(io_device="/", io_read_bps=2, io_write_bps=3, io_read_iops=4, io_write_iops=5)
     assert check_limits(limits, NO_DEFAULTS) == limits
 
 

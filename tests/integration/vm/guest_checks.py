@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -778,6 +779,55 @@ def main() -> int:
             raise AssertionError(f"dd failed: {detail}")
         if job["usage"]["io_write_bytes"] < count * 64 * 1024:
             raise AssertionError(f"recorded io_write_bytes below what dd wrote: {detail}")
+        return detail
+
+    @check("job-group-io", needs=("first-job",))
+    def _():
+        # A user's io ceiling (limits.per_user.io_write_bps, on the state directory's disk by default) is
+        # the group's io.max, and v2 throttles hierarchically: it bounds a job of that user's that has no io
+        # limit of its own. The config is patched for this check alone and put back. The rate is dd's own
+        # (over its whole run, so it does not depend on when this slow guest samples anything).
+        config_path, limit, count = "/etc/jobworkerd/config.yaml", 2 * MiB, 256  # 16 MiB in 64 KiB writes
+        original = read(config_path)
+        lines = original.splitlines(keepends=True)
+        at = lines.index("  per_user:\n") + 1
+        dev, target = root_device(), "/var/tmp/jobworkerd-group-io.test"
+        must(["jobworkerd", "ca", "issue", "--dir", "/etc/jobworkerd/tls", "--name", "iouser", "--role", "user",
+              "--out", "/root/iouser"])
+        user = ["--cert", "/root/iouser.crt", "--key", "/root/iouser.key"]
+        group = os.path.join(JOBS_CG, "user-iouser")
+        try:
+            with open(config_path, "w") as handle:
+                handle.write("".join(lines[:at] + [f"    io_write_bps: {limit}\n"] + lines[at:]))
+            must(["systemctl", "restart", SERVICE], timeout=120)
+            job_id = must(["jobctl", *user, "run", "-d", "--", "dd", "if=/dev/zero", f"of={target}", "bs=64k",
+                           f"count={count}", "oflag=direct"]).strip().splitlines()[-1]  # as nobody
+            cg = wait_running(job_id)
+            group_io_max, job_io_max = read(os.path.join(group, "io.max")).strip(), read(os.path.join(cg, "io.max")).strip()
+            job = wait_finished(job_id, timeout=180)
+            dd_line = must(["jobctl", *user, "logs", job_id]).strip().splitlines()[-1]
+        finally:
+            with open(config_path, "w") as handle:
+                handle.write(original)
+            sh(["systemctl", "restart", SERVICE], timeout=120)
+            if os.path.exists(target):
+                os.unlink(target)
+        match = re.search(r"^(\d+) bytes .* copied, ([0-9.]+) s", dd_line)
+        rate = int(match.group(1)) / float(match.group(2)) if match else 0.0
+        detail = {"device": dev, "group_io.max": group_io_max, "job_io.max": job_io_max, "job_cgroup": cg,
+                  "dd": dd_line, "rate_bytes_per_s": int(rate), "limit": limit, "exit_code": job["exit_code"],
+                  "usage_io_write_bytes": job["usage"]["io_write_bytes"],
+                  "group_left": os.path.exists(group), "service_after": show("ActiveState")["ActiveState"]}
+        if group_io_max != f"{dev} rbps=max wbps={limit} riops=max wiops=max" or job_io_max:
+            raise AssertionError(f"the group's io.max is not the ceiling on {dev}, or the job has io limits of its own: {detail}")
+        if cg != os.path.join(group, job_id):
+            raise AssertionError(f"the user's job is not in jobs/user-iouser: {detail}")
+        if not 0.5 * limit <= rate <= 1.3 * limit:
+            raise AssertionError(f"the user's job wrote at {rate / MiB:.2f} MiB/s under a 2 MiB/s group ceiling: {detail}")
+        if job["exit_code"] != 0 or job["usage"]["io_write_bytes"] < count * 64 * 1024:
+            raise AssertionError(f"dd failed or its writes were not all counted: {detail}")
+        if detail["service_after"] != "active" or detail["group_left"]:
+            raise AssertionError(f"the group outlived its job, or the service did not come back: {detail}")
         return detail
 
     restart_ids: dict[str, str] = {}

@@ -48,6 +48,7 @@ CHECKS = [
     "cpu-throttled",
     "pids-fork-bomb-contained",
     "io-write-throttled",
+    "job-group-io",
     "restart-keeps-history",
     "stop-leaves-nothing",
     "crash-restart",
