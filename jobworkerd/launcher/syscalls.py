@@ -11,7 +11,7 @@ CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 MNT_DETACH = 2
-EINVAL = 22
+EINVAL, ENOENT = 22, 2
 RLIMIT_NOFILE = 7
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -39,6 +39,8 @@ def hide(path):
     so not even root in the job can reach the filesystem behind it by unmounting a cover; any other
     directory is covered with an empty read-only tmpfs."""
     if libc.umount2(path, MNT_DETACH) == 0:
+        return
+    if ctypes.get_errno() == ENOENT:  # nothing there to hide
         return
     if ctypes.get_errno() != EINVAL:  # EINVAL: not a mount point
         raise StepError("hide-path", ctypes.get_errno(), path.decode(errors="replace"))

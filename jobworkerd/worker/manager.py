@@ -686,7 +686,7 @@ def _key_directories(config: Config) -> list[str]:
     key would let it mint an admin's certificate. Left visible when the key sits in a directory shared
     with the rest of the host, which hiding would break for the job."""
     directory = os.path.dirname(os.path.realpath(config.tls.key))
-    return [] if directory in SHARED_DIRECTORIES else [directory]
+    return [] if directory in SHARED_DIRECTORIES or not os.path.isdir(directory) else [directory]
 
 
 def _check_key(key: str) -> None:

@@ -28,6 +28,7 @@ from faultkit import CGROUP_ROOT, V1_CONTROLLERS, own_cgroups, v1_usable
 
 from jobworkerd.config import config_from_dict
 from jobworkerd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StartFailed
+from jobworkerd.sandbox.options import SandboxRequest
 from jobworkerd.worker import JobManager, JobSpec, JobState, Limits, Reason
 from jobworkerd.worker.output import aread_output, read_output
 
@@ -223,9 +224,11 @@ def test_a_mount_made_inside_is_invisible_outside(manager, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     arg = unique_seconds()
+    # A privileged job (the sandbox denies others mount): its mount namespace is still its own.
     record = manager.start(
         JobSpec("/bin/sh", ("-c", f"mount -t tmpfs jobworkerd-test {mnt} && touch {mnt}/inside && "
-                                  f"grep -c ' {mnt} ' /proc/self/mountinfo && echo mounted && sleep {arg}"))
+                                  f"grep -c ' {mnt} ' /proc/self/mountinfo && echo mounted && sleep {arg}"),
+                sandbox=SandboxRequest(profile="privileged"))
     )
     out = wait_for_output(manager, record.id, b"mounted")
     assert out.startswith(b"1\n")  # mounted inside
@@ -390,7 +393,7 @@ def test_nobody_cannot_write_a_root_owned_file(manager, shared_dir):
     target = shared_dir / "root-owned"
     target.write_text("original\n")
     target.chmod(0o644)
-    record = sh(manager, f"id -u; id -G; echo pwned > {target}", user="nobody")
+    record = sh(manager, f"id -u; id -G; echo pwned > {target}", user="nobody", directory=str(shared_dir))
     out = output_of(manager, record.id).decode()
     assert record.reason is Reason.EXITED
     assert record.exit_code != 0, out
@@ -420,7 +423,7 @@ def test_exec_of_a_non_executable_file_raises_start_failed_with_eacces(manager, 
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
     with pytest.raises(StartFailed) as info:
-        manager.start(JobSpec(str(script)))
+        manager.start(JobSpec(str(script), directory=str(tmp_path)))  # the job's directory: it sees the file
     error = info.value
     assert error.step == "exec" and error.errno == errno.EACCES
     assert str(script) in error.message and "EACCES" in error.message and "Permission denied" in error.message
@@ -435,7 +438,7 @@ def test_exec_of_a_script_with_a_missing_interpreter_raises_start_failed_with_en
     script.write_text("#!/no/such/interpreter\n")
     script.chmod(0o755)
     with pytest.raises(StartFailed) as info:
-        manager.start(JobSpec(str(script)))
+        manager.start(JobSpec(str(script), directory=str(tmp_path)))  # the job's directory: it sees the file
     assert info.value.errno == errno.ENOENT and info.value.step == "exec"
     assert str(script) in info.value.message and "ENOENT" in info.value.message
 
@@ -534,7 +537,7 @@ def test_when_the_program_exits_its_leftover_children_are_killed(manager, tmp_pa
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     script = f"setsid sh -c 'sleep {arg} &'; sleep {arg} & echo ready; read go < {fifo}; exit 7"
-    record = manager.start(JobSpec("/bin/sh", ("-c", script)))
+    record = manager.start(JobSpec("/bin/sh", ("-c", script), directory=str(tmp_path)))  # where it sees the fifo
     wait_for_output(manager, record.id, b"ready")
     wait_until(lambda: len(host_processes_with_arg(arg)) == 2, what="the daemon and the background sleep")
     write_fifo(fifo, b"go\n")
@@ -750,7 +753,7 @@ from jobworkerd.config import config_from_dict
 from jobworkerd.worker import JobManager, JobSpec
 m = JobManager(config_from_dict(json.loads(sys.argv[1]))).open()
 lost = m.start(JobSpec("/bin/sh", ("-c", "sleep %(arg)s & sleep %(arg)s")))
-ends = m.start(JobSpec("/bin/sh", ("-c", "read line < %(fifo)s; echo done; exit 5")))
+ends = m.start(JobSpec("/bin/sh", ("-c", "read line < %(fifo)s; echo done; exit 5"), directory=%(dir)r))
 print(lost.id, ends.id, flush=True)
 time.sleep(3600)
 """
@@ -784,7 +787,7 @@ def test_reconcile_after_a_crash_finishes_jobs_as_lost_and_removes_their_cgroups
         "stop_grace": GRACE,
     }
     crashing = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_DAEMON % {"arg": arg, "fifo": fifo}, json.dumps(settings)],
+        [sys.executable, "-c", CRASHING_DAEMON % {"arg": arg, "fifo": fifo, "dir": str(tmp_path)}, json.dumps(settings)],
         stdout=subprocess.PIPE,
     )
     reconciled = False
@@ -928,7 +931,7 @@ def fill(directory: Path) -> Path:
 def test_a_job_end_the_store_cannot_take_is_kept_in_memory_and_stored_later(make_manager, small_state):
     m = make_manager(state_dir=str(small_state / "state"))
     go = small_state.parent / "go"
-    job = m.start(JobSpec("sh", ("-c", f"while [ ! -e {go} ]; do sleep 0.05; done; exit 5")))
+    job = m.start(JobSpec("sh", ("-c", f"while [ ! -e {go} ]; do sleep 0.05; done; exit 5"), directory=str(go.parent)))
     filler = fill(small_state)
     go.touch()
     ended = m.wait(job.id, DEADLINE)
