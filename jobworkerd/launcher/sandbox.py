@@ -201,9 +201,11 @@ def build_filesystem(box):
         mount("mount-rootfs", box.root, box.root, None, MS_BIND | MS_REC)
     sources = open_bind_sources(box)
     if box.privileged:
-        mount("mount-proc", b"proc", b"/proc", b"proc", proc_flags)
+        mount("mount-proc", b"proc", box.at(b"/proc"), b"proc", proc_flags)
         for fd, target, read_only in sources:
-            _bind(fd, target, read_only)
+            _bind(fd, box.at(target), read_only)
+        if box.root:
+            _pivot_into(box.root)
         return
     _mount_setattr("read-only-root", box.at(b"/"),
                    (MOUNT_ATTR_RDONLY if box.read_only else 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)

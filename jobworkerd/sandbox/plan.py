@@ -104,9 +104,10 @@ def launcher_fields(
     root = _rootfs(request.rootfs) if request.rootfs else ""
     binds = _binds(sandbox, root, directory, hidden)
     fields += [("bind", f"{source}\t{target}\t{'ro' if ro else 'rw'}") for source, target, ro in binds]
+    fields.append(("rootfs", root))
     if profile.privileged:
         return fields + [("privileged", "1")]
-    fields += [("rootfs", root), ("root_ro", "1" if profile.read_only_root else "0")]
+    fields.append(("root_ro", "1" if profile.read_only_root else "0"))
     fields += [("tmp_size", f"size={profile.tmp_size}")]
     fields += [("caps", f"{ROOT_CAPS_MASK if uid == 0 else 0:x}")]
     fields += [("device", _device(path)) for path in request.devices]

@@ -284,6 +284,10 @@ def test_rootfs_runs_in_the_image_with_the_same_treatment(d, host):
     assert refused.returncode != 0 and b"permission denied" in refused.stderr.lower()
     done = run(d, "/bin/sh", "-c", "echo in", who=ADMIN_ROOT, options=("--rootfs", str(image)))
     assert done.stdout == b"in\n"
+    done = run(d, "/bin/sh", "-c", "read n < /etc/image-name; echo $n; echo x > /etc/x && echo rw", who=ADMIN_ROOT,
+               options=("--rootfs", str(image), "--privileged"))
+    assert done.stdout == b"tiny\nrw\n", done.stdout  # privileged: the image, writable
+    assert (image / "etc" / "x").exists()
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no JVM on this machine")

@@ -69,7 +69,7 @@ def test_the_default_profile_sends_every_hardening_and_the_compiled_filter():
 
 def test_privileged_sends_only_what_it_keeps():
     values = dict(fields(SandboxRequest(profile="privileged", hostname="h"), is_admin=True, uid=0))
-    assert values == {"hostname": "h", "privileged": "1"}
+    assert values == {"hostname": "h", "rootfs": "", "privileged": "1"}
 
 
 def test_the_jobs_directory_is_writable_but_never_the_root_or_a_daemon_directory(tmp_path):
