@@ -204,7 +204,8 @@ def cgroup_dirs(subtree: str) -> list[str]:
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(","):
-            base = Path("/sys/fs/cgroup") / (controller or "unified") / path.lstrip("/") / subtree
+            hierarchy = controller.removeprefix("name=") or "unified"  # name=systemd is mounted at .../systemd
+            base = Path("/sys/fs/cgroup") / hierarchy / path.lstrip("/") / subtree
             if base.is_dir():
                 found += [str(p) for p in base.rglob("*") if p.is_dir()] + [str(base)]
     return found
@@ -853,7 +854,7 @@ def cleanup_stale() -> int:
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(","):
-            base = Path("/sys/fs/cgroup") / (controller or "unified") / path.lstrip("/")
+            base = Path("/sys/fs/cgroup") / (controller.removeprefix("name=") or "unified") / path.lstrip("/")
             with contextlib.suppress(OSError):
                 for entry in base.iterdir():
                     match = re.fullmatch(r"jobworkerd-bench-(\d+)-\d+", entry.name)

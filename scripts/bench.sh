@@ -15,12 +15,14 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 bash scripts/setup.sh || exit 1
+# The peers bench/sandbox_start.py measures jobworkerd against (unshare comes with util-linux).
+scripts/apt-need.sh bench crun bubblewrap || exit 1
 # py-spy (PyPI) shows the daemon's Python functions in the profiles; without it they show CPU per thread only.
 .venv/bin/python -m pip install -q --disable-pip-version-check py-spy >/dev/null 2>&1 \
   || echo "bench: py-spy could not be installed; profiles will show CPU per thread only"
 
 PY=.venv/bin/python
-ALL=(start_latency output_path jobctl_run stream_one stream_many follow_latency many_jobs hostile_user)
+ALL=(start_latency sandbox_start output_path jobctl_run stream_one stream_many follow_latency many_jobs hostile_user)
 if [ "$#" -gt 0 ]; then BENCHES=("$@"); else BENCHES=("${ALL[@]}"); fi
 COMMAND="bash scripts/bench.sh${*:+ $*}"
 OUT=$(mktemp /tmp/jobworkerd-bench-out.XXXXXX)
