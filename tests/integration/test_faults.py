@@ -403,7 +403,7 @@ def test_a_start_whose_running_record_cannot_be_stored_hands_back_a_supervised_j
         assert (group / holder.id).is_dir()
         go = tmp_path / "go"
         request = pb.StartJobRequest(
-            command=pb.Command(command="sh", arguments=[
+            command=pb.Command(command="sh", directory=str(tmp_path), arguments=[  # its directory: it sees `go`
                 "-c", f"echo started-{marker}; while [ ! -e {go} ]; do {marked_nap(marker)}; done; echo done; exit 7"]),
             idempotency_key=f"retry-safe-{marker}")
         filler = None
