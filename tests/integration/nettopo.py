@@ -19,6 +19,7 @@ import re
 import select
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NETNS_DIR = "/run/netns"
@@ -184,7 +185,7 @@ class Topology:
         self._procs.append(proc)
         return proc
 
-    def serve(self, ns: Netns, name: str, tcp: list[int] = (), udp: list[int] = ()) -> None:
+    def serve(self, ns: Netns, name: str, tcp: Sequence[int] = (), udp: Sequence[int] = ()) -> None:
         """Servers on 0.0.0.0 that answer each connection or datagram with "<name> <peer address>"."""
         specs = [f"tcp:{p}" for p in tcp] + [f"udp:{p}" for p in udp]
         proc = self.spawn(ns, sys.executable, "-I", "-S", "-c", SERVER, name, *specs)

@@ -50,7 +50,7 @@ for line in sys.stdin:
 """
 
 
-class Daemon:
+class FirewallDriver:
     """The Firewall driver in gw: call(op, ...) runs Firewall.op (or "nft": a raw script) there."""
 
     def __init__(self, topo: Topology):
@@ -86,7 +86,7 @@ def topo():
 
 @pytest.fixture
 def fw(topo):
-    d = Daemon(topo)
+    d = FirewallDriver(topo)
     d.setup()
     return d
 

@@ -299,8 +299,7 @@ def test_firewall_publish_conflicts(tmp_path):
 
 
 def test_firewall_publish_race_is_reported_as_a_conflict(tmp_path):
-    nft_listings: dict = {}
-    fw, nft = firewall(tmp_path, nft_listings)
+    fw, nft = firewall(tmp_path)
     nft.fail = "published {"
 
     def taken_meanwhile(what):
