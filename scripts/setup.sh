@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/apt-need.sh setup python3-venv python3-dev gcc openssl iproute2 util-linux procps
+scripts/apt-need.sh setup python3-venv python3-dev gcc openssl iproute2 util-linux procps libnftables1
 
 # Debian's own interpreter, as the .deb uses on target machines (not a pyenv shim that may shadow it).
 PY=/usr/bin/python3
