@@ -214,6 +214,13 @@ def build_parser() -> Parser:
                      help="bind mount a host path into the job (repeatable; users: below allowed directories)")
     box.add_argument("--device", metavar="PATH", action="append", default=[], help="admins: add a host device node (repeatable)")
     box.add_argument("--rootfs", metavar="DIR", default="", help="run in this directory tree instead of the host's /")
+    net = run.add_argument_group("network (default: the daemon's mode for your role, usually none: only lo)")
+    net.add_argument("--net", metavar="MODE", choices=("none", "bridge", "host"), default="",
+                     help="none, bridge (egress through NAT), host (admins)")
+    net.add_argument("--allow", metavar="CIDR[:PORT[/tcp|udp]]", action="append", default=[],
+                     help="bridge: the job may reach only these (and its DNS servers); repeatable")
+    net.add_argument("--publish", metavar="[ADDR:]HOSTPORT:JOBPORT[/tcp|udp]", action="append", default=[],
+                     help="bridge: forward a host port to the job (default address 127.0.0.1); repeatable")
     how.add_argument("-d", "--detach", action="store_true", help="print the job id and exit at once")
     run.add_argument("program", metavar="CMD", nargs="+", help="the program (a path, or a name in PATH) and its arguments, after --")
     run.set_defaults(handler="run")

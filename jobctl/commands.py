@@ -139,6 +139,7 @@ def start_request(args: argparse.Namespace) -> pb.StartJobRequest:
         profile=args.profile or "", seccomp=args.seccomp, hostname=args.hostname, devices=args.device,
         rootfs=args.rootfs, mounts=[pb.Mount(source=s, target=t, read_only=ro) for s, t, ro in args.mount],
     ))
+    request.network.CopyFrom(pb.Network(mode=args.net, allow=args.allow, publish=args.publish))
     return request
 
 

@@ -115,6 +115,7 @@ def status_text(job: Any, now: datetime.datetime | None = None) -> str:
         ("directory", cmd.directory or "/"),
         ("limits", _limits_text(job.limits)),
         ("sandbox", _sandbox_text(job.sandbox)),
+        ("network", _network_text(job.network)),
         ("usage", _usage_text(job.usage)),
         ("created", _time_text(job.created_at, now)),
         ("started", _time_text(job.started_at, now)),
@@ -126,6 +127,15 @@ def status_text(job: Any, now: datetime.datetime | None = None) -> str:
         rows.append(("message", job.message))
     width = max(len(k) for k, _ in rows) + 1
     return "\n".join(f"{k + ':':<{width}} {printable(v)}" for k, v in rows)
+
+
+def _network_text(net: Any) -> str:
+    parts = [net.mode or "none"]
+    if net.address:
+        parts.append(f"address {net.address}")
+    parts += [f"allow {a}" for a in net.allow]
+    parts += [f"publish {p}" for p in net.publish]
+    return ", ".join(parts)
 
 
 def _sandbox_text(box: Any) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -581,6 +582,110 @@ def _sandbox(value: Any, key: str) -> SandboxConfig:
     return sandbox
 
 
+NETWORK_MODES = ("none", "bridge", "host")
+
+
+def _modes(value: Any, key: str) -> tuple[str, ...]:
+    modes = _str_list(value, key)
+    for mode in modes:
+        if mode not in NETWORK_MODES:
+            raise ConfigError(f"{key}: {mode!r} is not a network mode ({', '.join(NETWORK_MODES)})")
+    return modes
+
+
+def _ipv4_networks(value: Any, key: str) -> tuple[str, ...]:
+    networks = []
+    for text in _str_list(value, key):
+        try:
+            networks.append(str(ipaddress.IPv4Network(text, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{key}: {text!r} is not an IPv4 network (CIDR)") from None
+    return tuple(networks)
+
+
+def _ipv4_addresses(value: Any, key: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.IPv4Address(text)) for text in _str_list(value, key))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _subnet(value: Any, key: str) -> str:
+    (network,) = _ipv4_networks([value], key)
+    if not 8 <= ipaddress.IPv4Network(network).prefixlen <= 28:
+        raise ConfigError(f"{key}: a prefix from /8 to /28, got {value!r}")
+    return network
+
+
+def _interface_name(value: Any, key: str) -> str:
+    text = _str(value, key)
+    if not 1 <= len(text) <= 15 or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in text):
+        raise ConfigError(f"{key}: an interface name of 1 to 15 letters, digits, '_', '-', '.', got {value!r}")
+    if text.startswith("jw"):
+        raise ConfigError(f"{key}: names beginning with 'jw' are the jobs' veths' (jw<job id>); choose another")
+    return text
+
+
+def _publish_address(value: Any, key: str) -> str:
+    (address,) = _ipv4_addresses([value], key)
+    if ipaddress.IPv4Address(address).is_unspecified:
+        raise ConfigError(f"{key}: one host address (e.g. 127.0.0.1), not 0.0.0.0")
+    return address
+
+
+def _port_range(value: Any, key: str) -> tuple[int, int]:
+    text = _str(value, key)
+    low, dash, high = text.partition("-")
+    if not dash or not low.strip().isdigit() or not high.strip().isdigit() or \
+            not 1 <= int(low) <= int(high) <= 65535:
+        raise ConfigError(f"{key}: a port range LOW-HIGH within 1-65535, got {value!r}")
+    return int(low), int(high)
+
+
+@dataclass(frozen=True)
+class NetworkRole:
+    default: str = "none"  # the mode of a job that asks for none
+    allowed: tuple[str, ...] = ("none", "bridge")  # the modes it may ask for
+
+    _convert = {"default": _choice(*NETWORK_MODES), "allowed": _modes}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    bridge: str = "jobworkerd0"  # the daemon's bridge (made at the first bridge-mode job, removed at a clean stop)
+    subnet: str = "10.88.0.0/16"  # jobs' addresses; the first is the bridge's (the jobs' gateway)
+    dns: tuple[str, ...] = ()  # servers in the jobs' resolv.conf; empty: the host's (resolved's upstream)
+    user: NetworkRole = field(default_factory=NetworkRole)
+    admin: NetworkRole = field(default_factory=lambda: NetworkRole("none", NETWORK_MODES))
+    allow_job_to_job: bool = False  # bridge-mode jobs may reach one another
+    allow_host: bool = False  # bridge-mode jobs may reach the host's own addresses (the API port too)
+    egress: tuple[str, ...] = ()  # a job that names no --allow may reach these networks; empty: anywhere
+    user_allow: tuple[str, ...] = ("0.0.0.0/0",)  # a user's --allow must lie within these networks
+    publish_address: str = "127.0.0.1"  # the host address of a --publish that names none
+    user_publish_ports: tuple[int, int] = (20000, 29999)  # the host ports users may publish (admins: any)
+
+    _convert = {
+        "bridge": _interface_name, "subnet": _subnet, "dns": _ipv4_addresses,
+        "user": lambda v, k: _section(NetworkRole, v, k), "admin": lambda v, k: _section(NetworkRole, v, k),
+        "allow_job_to_job": _bool, "allow_host": _bool, "egress": _ipv4_networks, "user_allow": _ipv4_networks,
+        "publish_address": lambda v, k: _publish_address(v, k), "user_publish_ports": _port_range,
+    }
+
+    def role(self, is_admin: bool) -> NetworkRole:
+        return self.admin if is_admin else self.user
+
+
+def _network(value: Any, key: str) -> NetworkConfig:
+    network = _section(NetworkConfig, value, key)
+    for role_name in ("user", "admin"):
+        role = getattr(network, role_name)
+        if role.default not in role.allowed:
+            raise ConfigError(f"{key}.{role_name}.default: {role.default!r} must be one of {role_name}.allowed")
+    if "host" in network.user.allowed:
+        raise ConfigError(f"{key}.user.allowed: the host's network is for admins only")
+    return network
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:7443"
@@ -600,6 +705,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     _convert = {
         "listen": _str,
@@ -617,6 +723,7 @@ class Config:
         "history": lambda v, k: _section(HistoryConfig, v, k),
         "metrics": lambda v, k: _section(MetricsConfig, v, k),
         "sandbox": _sandbox,
+        "network": _network,
     }
 
 

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ..gen.jobworker.v1 import jobworker_pb2 as pb
 from ..errors import InvalidArgument
 from ..worker.events import JobEvent
+from ..network.options import NetworkRequest, parse_allow, parse_publish
 from ..sandbox.options import Mount, SandboxRequest
 from ..worker.models import JobRecord, JobSpec, JobState, Limits, Reason
 
@@ -58,7 +59,18 @@ def spec_from_request(request: pb.StartJobRequest, user: str, timeout: float | N
         limits=limits_from_proto(request.limits),
         timeout=timeout,
         sandbox=sandbox_from_proto(request.sandbox),
+        network=network_from_proto(request.network),
     )
+
+
+def network_from_proto(message: pb.Network) -> NetworkRequest:
+    return NetworkRequest(mode=message.mode, allow=tuple(parse_allow(a) for a in message.allow),
+                          publish=tuple(parse_publish(p) for p in message.publish))
+
+
+def network_to_proto(request: NetworkRequest) -> pb.Network:
+    return pb.Network(mode=request.mode, allow=[str(a) for a in request.allow],
+                      publish=[str(p) for p in request.publish], address=request.address)
 
 
 def sandbox_from_proto(message: pb.Sandbox) -> SandboxRequest:
@@ -129,6 +141,7 @@ def job_to_proto(record: JobRecord, summary: bool = False) -> pb.Job:
         ),
         run_as=spec.user,
         sandbox=sandbox_to_proto(spec.sandbox),
+        network=network_to_proto(spec.network),
     )
     if record.exit_code is not None:
         job.exit_code = record.exit_code

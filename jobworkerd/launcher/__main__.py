@@ -73,7 +73,7 @@ from syscalls import (  # noqa: E402
     CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, MS_PRIVATE, MS_REC, StepError, check, libc,
 )
 
-LIST_FIELDS = ("arg", "env", "join", "group", "hide", "bind", "device", "cgview", "cglink")
+LIST_FIELDS = ("arg", "env", "join", "group", "hide", "bind", "runfile", "device", "cgview", "cglink")
 
 
 class TruncatedSpec(Exception):
@@ -113,8 +113,9 @@ def report(status_fd, line):
         pass  # the daemon is gone (EPIPE); the job carries on, and the next daemon reconciles it
 
 
-def launch_job(spec_fd, output_fd, status_fd):
-    """L: everything from reading the spec to forking the job's init. Never returns."""
+def launch_job(spec_fd, output_fd, status_fd, net_fd=-1):
+    """L: everything from reading the spec to forking the job's init. Never returns. `net_fd`: the network
+    pipe's read end, for a job the daemon attaches to its bridge (netcfg.py)."""
     try:
         spec = read_spec(spec_fd)
     except TruncatedSpec:
@@ -127,7 +128,9 @@ def launch_job(spec_fd, output_fd, status_fd):
     os.close(devnull)
     try:
         exit_fd, cgroup_files = open_host_files(spec)
-        check("unshare", libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC))
+        # net=host (admins): the host's network namespace; otherwise a new one (bridge: attached by the daemon).
+        network = 0 if spec.get("net") == b"host" else CLONE_NEWNET
+        check("unshare", libc.unshare(CLONE_NEWPID | CLONE_NEWNS | network | CLONE_NEWUTS | CLONE_NEWIPC))
         # Private before anything is mounted, so nothing the job's init mounts or hides reaches the host.
         check("make-mounts-private", libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
         pid = os.fork()
@@ -142,7 +145,7 @@ def launch_job(spec_fd, output_fd, status_fd):
         os._exit(0)
     code = 1
     try:
-        code = run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, report)
+        code = run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, net_fd, report)
     except StepError as exc:
         report(status_fd, f"fail {exc.step} {exc.err} {exc.detail}")
     except OSError as exc:
@@ -165,18 +168,18 @@ def serve_forks(sock_fd):
     sock = _socket.socket(fileno=sock_fd)
     while True:
         try:
-            message, ancillary, _flags, _addr = sock.recvmsg(16, _socket.CMSG_SPACE(3 * 4))
+            message, ancillary, _flags, _addr = sock.recvmsg(16, _socket.CMSG_SPACE(4 * 4))
         except InterruptedError:
             continue
         fds = received_fds(ancillary)
         if not message:  # the daemon closed its end
             return
-        if len(fds) == 3:
+        if len(fds) in (3, 4):
             if os.fork() == 0:
                 _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
                 _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
                 sock.close()
-                launch_job(*fds)  # spec, output, status
+                launch_job(*fds)  # spec, output, status[, network]
         for fd in fds:
             os.close(fd)
 
@@ -185,7 +188,7 @@ def main():
     if sys.argv[1] == "--forkserver":
         serve_forks(int(sys.argv[2]))
     else:
-        launch_job(0, int(sys.argv[2]), int(sys.argv[1]))
+        launch_job(0, int(sys.argv[2]), int(sys.argv[1]), int(sys.argv[3]) if len(sys.argv) > 3 else -1)
 
 
 if __name__ == "__main__":

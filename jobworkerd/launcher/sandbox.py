@@ -66,6 +66,7 @@ class Sandbox:
         self.read_only = spec.get("root_ro") == b"1"
         self.tmp_size = spec.get("tmp_size", b"")
         self.binds = [tuple(b.split(b"\t")) for b in spec["bind"]]  # (source, target, b"ro"|b"rw")
+        self.run_files = [tuple(f.split(b"\t")) for f in spec["runfile"]]  # (source in the run dir, target)
         self.devices = [tuple(d.split(b"\t")) for d in spec["device"]]  # (path, c|b, major, minor, mode, uid, gid)
         self.cgroup_view = [tuple(v.split(b"\t")) for v in spec["cgview"]]  # (dir, fstype, options)
         self.cgroup_links = [tuple(v.split(b"\t")) for v in spec["cglink"]]  # (name, target)
@@ -86,6 +87,18 @@ def _mount_setattr(step, path, set_flags):
 
 def _remount(step, target, flags):
     mount(step, b"none", target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def bind_run_files(box):
+    """Files the daemon wrote for the job in its run directory (resolv.conf, hosts), bound read-only over
+    the job's own before that directory is hidden: a bind from a detached mount is refused (EINVAL)."""
+    for source, target in box.run_files:
+        fd = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mount("bind-mount", f"/proc/self/fd/{fd}".encode(), box.at(target), None, MS_BIND)
+        finally:
+            os.close(fd)
+        _remount("bind-mount", box.at(target), MS_RDONLY | SANDBOX_MOUNT_FLAGS)
 
 
 def open_bind_sources(box):
@@ -194,12 +207,13 @@ def _pivot_into(root):
     os.chdir("/")
 
 
-def build_filesystem(box):
-    """C: steps 1-9. The fresh /proc of the PID namespace is mounted by every profile."""
+def build_filesystem(box, sources):
+    """C: steps 1 and 3-9 (`sources`: step 2, open_bind_sources, done before the daemon's directories are
+    hidden: the job's resolv.conf and hosts are in its run directory). The fresh /proc of the PID
+    namespace is mounted by every profile."""
     proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if box.root:
         mount("mount-rootfs", box.root, box.root, None, MS_BIND | MS_REC)
-    sources = open_bind_sources(box)
     if box.privileged:
         mount("mount-proc", b"proc", box.at(b"/proc"), b"proc", proc_flags)
         for fd, target, read_only in sources:

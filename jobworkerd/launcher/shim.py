@@ -12,29 +12,18 @@ import select
 import struct
 
 import _signal
-import _socket
-from sandbox import Sandbox, build_filesystem, confine, drop_bounding_set, install_seccomp, mount_cgroup_view
+from netcfg import bring_up_loopback, configure, read_assignment
+from sandbox import (
+    Sandbox, bind_run_files, build_filesystem, confine, drop_bounding_set, install_seccomp, mount_cgroup_view, open_bind_sources,
+)
 from syscalls import StepError, hide, lower_soft_nofile, set_hostname
 
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 F_SETPIPE_SZ, FIONREAD = 1031, 0x541B
 OUTPUT_PIPE_SIZE = 1 << 20  # the kernel's default pipe-max-size: fewer wake-ups per MiB copied
 COPY_CHUNK = 256 << 10  # one read: large enough to amortise the call, small enough to stay in cache
 EXIT_FILE_WIDTH = 32  # "<raw wait status> [capped|full]", padded with blanks
 JOB_NOFILE_SOFT = 1024
 ENOSPC = 28
-
-
-def bring_up_loopback():
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-    try:
-        request = struct.pack("16sh", b"lo", 0)
-        flags = struct.unpack("16sh", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
-    except OSError as exc:
-        raise StepError("loopback-up", exc.errno) from None
-    finally:
-        sock.close()
 
 
 def open_host_files(spec):
@@ -208,7 +197,7 @@ def drain(output, status):
     return status if status is not None else 9
 
 
-def run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, report):
+def run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, net_fd, report):
     """C: own session and hostname, lo, the daemon's paths hidden, the sandbox's filesystem, the output
     pipe; fork G; report whether the program started; supervise; write the exit file. Returns the init's
     exit code."""
@@ -216,10 +205,15 @@ def run_init(spec, status_fd, output_fd, exit_fd, cgroup_files, report):
     box = Sandbox(spec)
     if box.hostname:
         set_hostname(box.hostname)
-    bring_up_loopback()
+    if spec.get("net") != b"host":
+        bring_up_loopback()
+    if net_fd >= 0:  # bridge: the daemon puts a veth end in this namespace, then says how to set it up
+        configure(*read_assignment(net_fd))
+    sources = open_bind_sources(box)
+    bind_run_files(box)
     for path in spec["hide"]:
         hide(path)
-    build_filesystem(box)
+    build_filesystem(box, sources)
     os.set_inheritable(status_fd, False)  # the program must not hold it: its EOF means "init has exited"
     os.set_inheritable(output_fd, False)
     output_r, output_w = os.pipe()  # both close-on-exec; G dups the write end onto 1 and 2

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from ..cgroups import CgroupBackend, detect
 from ..config import DYNAMIC_USER, Config
 from ..errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, ResourceExhausted, StartFailed
+from ..network.attach import Network
+from ..network.attach import decide as decide_network
 from ..sandbox.plan import decide, launcher_fields
 from .models import ADMIN_GROUP, JobGroup, JobRecord, JobSpec, JobState, Reason
 from .events import EventLog
@@ -97,6 +99,7 @@ class JobManager:
         self.jobs_dir = self.run_dir.jobs_dir
         # Shown empty inside every job: other jobs' output, and every job's record (arguments, environment).
         self.hidden_paths = [self.jobs_dir, os.path.realpath(config.state_dir), *_key_directories(config)]
+        self.network = Network(config.network, self.store)
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class JobManager:
         self.timers.close()
         self.forkserver.close()
         self.backend.teardown()
+        self.network.close()  # the bridge and the daemon's nftables table: no job holds them any more
         self._retry_unstored()  # a last try: what the store still cannot take is reconciled at the next start
         if self._unstored or self._unstored_keys:
             log.error("shutting down with %d job state change(s) and %d start key(s) the store could not take: %s",
@@ -205,7 +209,8 @@ class JobManager:
 
     def _start(self, spec: JobSpec, owner: str, default_user: str | None, group: JobGroup) -> JobRecord:
         sandbox = decide(spec.sandbox, group.admin, self.config.sandbox)  # the role's; PERMISSION_DENIED past it
-        spec = replace(spec, sandbox=replace(spec.sandbox, profile=sandbox.profile_name))
+        network = decide_network(spec.network, group.admin, self.config.network)
+        spec = replace(spec, sandbox=replace(spec.sandbox, profile=sandbox.profile_name), network=network)
         resolved = resolve(spec, self.config.limits, default_user or pwd.getpwuid(os.geteuid()).pw_name,
                            self._dynamic_uid(spec.user or default_user or "", owner),
                            root=os.path.realpath(spec.sandbox.rootfs) if spec.sandbox.rootfs else "")
@@ -245,12 +250,21 @@ class JobManager:
             record = record.evolve(message="the memory limit does not bound swap: this kernel has no swap accounting "
                                            "for cgroups (memsw / memory.swap.max), so the job may swap beyond it")
         try:
+            attach = None
+            if network.mode == "bridge":  # its address, rules and resolv.conf; its veth once its namespace exists
+                network = self.network.prepare(job_id, network, job_dir)
+                record = record.evolve(spec=replace(record.spec, network=network))
+                sandbox_fields = sandbox_fields + _network_binds(job_dir, resolved.spec.sandbox.rootfs)
+                address = network.address
+                attach = lambda pid: self.network.attach_line(job_id, address, pid)  # noqa: E731
             plan = LaunchPlan(self.backend.join_files(job_id), exit_file, self.config.limits.output_cap,
-                              self.hidden_paths, sandbox_fields)
+                              self.hidden_paths, sandbox_fields + [("net", network.mode)], attach)
             launched = self._launch(resolved, plan, output_fd)
         except Exception as exc:
             self.backend.kill(job_id)
             self.backend.remove(job_id)
+            if network.mode == "bridge":
+                self.network.release(job_id, network.address)
             self._store_and_announce(self._failed(record, str(exc)))
             if isinstance(exc, StartFailed):
                 raise
@@ -475,6 +489,8 @@ class JobManager:
             error = ""
         except Exception as exc:  # keep the record truthful even if the cgroup misbehaves
             usage, error = running.record.usage, f"; cgroup clean-up failed: {exc}"
+        if running.record.spec.network.mode == "bridge":  # its veth, rules, published ports and address
+            self.network.release(job_id, running.record.spec.network.address)
         exit_code, sig, verdict = read_exit_file(running.exit_file)
         usage = replace(usage, output_bytes=_size(running.output_path), memory_bytes=0, pids=0)
         if exit_code is None and sig is None:
@@ -649,6 +665,13 @@ class JobManager:
             except Exception as exc:
                 failed.append(job_id)
                 log.error("job %s: cannot reconcile it after the daemon's restart: %s", job_id, exc)
+        try:  # no job runs yet: every veth, rule, published port and address left behind goes
+            released = self.network.reconcile(set(self._running))
+            if released:
+                log.info("released the network of %d job(s) that ended while no daemon ran: %s", len(released),
+                         " ".join(released))
+        except Exception as exc:
+            log.error("cannot release the network of jobs that ended while no daemon ran: %s", exc)
         if failed:
             log.error("%d job(s) could not be reconciled and may still hold processes or cgroups: %s",
                       len(failed), " ".join(failed))
@@ -675,6 +698,13 @@ class JobManager:
             ))
         if has_cgroup:
             self.backend.remove(job_id)
+
+
+def _network_binds(job_dir: str, rootfs: str) -> list[tuple[str, str]]:
+    """The job's resolv.conf and hosts over /etc's (where the job's / has them: a read-only / cannot grow files)."""
+    root = os.path.realpath(rootfs) if rootfs else ""
+    return [("runfile", f"{job_dir}/{name}\t/etc/{name}") for name in ("resolv.conf", "hosts")
+            if os.path.isfile(f"{root}/etc/{name}")]
 
 
 SHARED_DIRECTORIES = {"/", "/etc", "/root", "/usr", "/var", "/home", "/srv", "/opt", "/tmp", "/run"}

@@ -6,6 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..network.options import NetworkRequest
 from ..sandbox.options import SandboxRequest
 from ..resources import ADMIN_GROUP, IOTarget, JobGroup, Limits, Usage  # noqa: F401 (re-exported)
 
@@ -55,6 +56,7 @@ class JobSpec:
     limits: Limits = field(default_factory=Limits)
     timeout: float | None = None  # seconds from the start; then it is stopped (reason timed-out)
     sandbox: SandboxRequest = field(default_factory=SandboxRequest)
+    network: NetworkRequest = field(default_factory=NetworkRequest)
 
 
 
@@ -118,6 +120,7 @@ class JobRecord:
         spec_data["args"] = tuple(spec_data.get("args", ()))
         spec_data["limits"] = Limits(**spec_data.get("limits", {}))
         spec_data["sandbox"] = SandboxRequest.from_dict(spec_data.get("sandbox", {}))
+        spec_data["network"] = NetworkRequest.from_dict(spec_data.get("network", {}))
         return cls(
             id=data["id"],
             owner=data["owner"],

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import InternalError, StartFailed
@@ -73,6 +74,9 @@ class LaunchPlan:
     output_cap: int  # bytes of output the init copies at most
     hidden_paths: list[str] = field(default_factory=list)  # shown empty inside the job
     sandbox_fields: list[tuple[str, str]] = field(default_factory=list)  # jobworkerd.sandbox.plan.launcher_fields
+    # Bridge mode: called with the init's host pid once its network namespace exists; returns the line the
+    # init configures its veth end from (jobworkerd/launcher/netcfg.py), or raises to fail the start.
+    attach: Callable[[int], str] | None = None
 
 
 def encode_spec(resolved: ResolvedSpec, plan: LaunchPlan) -> bytes:
@@ -110,24 +114,27 @@ def launch(resolved: ResolvedSpec, plan: LaunchPlan, output_fd: int) -> Launched
     """Start one launcher process directly and wait until the program has been exec'd. Raises StartFailed.
     The fallback when no forkserver is running (costs ~10 ms of interpreter start per job)."""
     status_r, status_w = os.pipe()
+    net_r, net_w = os.pipe() if plan.attach else (-1, -1)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", LAUNCHER, str(status_w), str(output_fd)],
+            [sys.executable, "-I", "-S", LAUNCHER, str(status_w), str(output_fd), str(net_r)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            pass_fds=(status_w, output_fd),
+            pass_fds=tuple(fd for fd in (status_w, output_fd, net_r) if fd >= 0),
             cwd="/",
             env={},
         )
     except OSError as exc:
         os.close(status_r)
+        _close(net_w)
         raise InternalError(f"cannot start the launcher {sys.executable}: {exc.strerror}") from exc
     finally:
         os.close(status_w)
+        _close(net_r)
     try:
         _write_spec(proc.stdin.fileno(), encode_spec(resolved, plan))  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
-        return _await_outcome(status_r)
+        return _await_outcome(status_r, plan.attach, net_w)
     finally:
         proc.wait()
 
@@ -179,23 +186,26 @@ class ForkServer:
     def launch(self, resolved: ResolvedSpec, plan: LaunchPlan, output_fd: int) -> Launched:
         status_r, status_w = os.pipe()
         spec_r, spec_w = os.pipe()
+        net_r, net_w = os.pipe() if plan.attach else (-1, -1)
         try:
-            self._send([spec_r, output_fd, status_w])
+            self._send([spec_r, output_fd, status_w] + ([net_r] if net_r >= 0 else []))
         except OSError as exc:
-            for fd in (status_r, spec_w):
-                os.close(fd)
+            for fd in (status_r, spec_w, net_w):
+                _close(fd)
             raise ForkServerUnavailable(f"cannot reach the launcher forkserver: {exc.strerror}") from exc
         finally:
             os.close(spec_r)
             os.close(status_w)
+            _close(net_r)
         try:
             _write_spec(spec_w, encode_spec(resolved, plan))
         except BaseException:
             os.close(status_r)
+            _close(net_w)
             raise
         finally:
             os.close(spec_w)
-        return _await_outcome(status_r)
+        return _await_outcome(status_r, plan.attach, net_w)
 
     def _discard(self) -> None:
         if self._sock is not None:
@@ -250,12 +260,23 @@ def _write_spec(fd: int, data: bytes) -> None:
         pass  # the launcher died early; its status line (or its absence) says why
 
 
-def _await_outcome(status_r: int) -> Launched:
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _await_outcome(status_r: int, attach: Callable[[int], str] | None = None, net_w: int = -1) -> Launched:
+    attached = _Attacher(attach, net_w)
     try:
-        init_pid, outcome = _read_outcome(status_r)
+        init_pid, outcome = _read_outcome(status_r, attached)
     except BaseException:
         os.close(status_r)
         raise
+    finally:
+        attached.close()
+    if attached.error is not None and (outcome is None or outcome.startswith("fail")):
+        os.close(status_r)
+        raise attached.error
     if outcome is None or outcome.startswith("fail"):
         os.close(status_r)
         if outcome is None:
@@ -264,9 +285,36 @@ def _await_outcome(status_r: int) -> Launched:
     return Launched(init_pid=init_pid or 0, status_fd=status_r)
 
 
-def _read_outcome(fd: int) -> tuple[int | None, str | None]:
+class _Attacher:
+    """Calls LaunchPlan.attach once the init's pid is known and hands its line to the init (or "fail")."""
+
+    def __init__(self, attach: Callable[[int], str] | None, net_w: int):
+        self.attach, self.net_w = attach, net_w
+        self.error: BaseException | None = None
+
+    def init_known(self, pid: int) -> None:
+        if self.attach is None or self.net_w < 0:
+            return
+        try:
+            line = self.attach(pid)
+        except Exception as exc:  # the init is told, fails its start, and the caller gets this error
+            self.error = exc
+            line = f"fail {exc}".replace("\n", " ")
+        try:
+            os.write(self.net_w, line.encode() + b"\n")
+        except OSError:
+            pass  # the init is gone already: its status says why
+        self.close()
+
+    def close(self) -> None:
+        _close(self.net_w)
+        self.net_w = -1
+
+
+def _read_outcome(fd: int, attached: _Attacher | None = None) -> tuple[int | None, str | None]:
     """Read status lines until both the init's PID and the outcome ('ok' or 'fail ...') are known, or EOF.
-    The two come from different processes (launcher and init), in either order."""
+    The two come from different processes (launcher and init), in either order; a job to attach (bridge
+    mode) has its veth put in place as soon as the pid is known, before the init can report."""
     buffer = b""
     init_pid: int | None = None
     outcome: str | None = None
@@ -277,6 +325,8 @@ def _read_outcome(fd: int) -> tuple[int | None, str | None]:
             text = line.decode(errors="replace")
             if text.startswith("pid "):
                 init_pid = int(text[4:])
+                if attached is not None:
+                    attached.init_known(init_pid)
             elif text == "ok" or text.startswith("fail"):
                 outcome = outcome or text
         if outcome is not None and init_pid is not None:

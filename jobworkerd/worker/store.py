@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS start_keys (
     created_at REAL NOT NULL,
     PRIMARY KEY (owner, key)
 );
+CREATE TABLE IF NOT EXISTS addresses (
+    address INTEGER PRIMARY KEY,
+    job_id TEXT UNIQUE NOT NULL
+);
 """
 # PRAGMA user_version. 2: dynamic_users. 1: owners are qualified by role (models.ADMIN_OWNER_PREFIX).
 # 0: the bare CN for both. A daemon of schema 1 opens a store of schema 2 as its own (it ignores the table).
@@ -178,6 +182,37 @@ class JobStore:
             f"no uid left for {owner!r} in run_as.dynamic_uids ({low}-{high}): each is another client's or a "
             f"user or group of this host; widen the range (uids once given stay their owners')"
         )
+
+    def take_address(self, job_id: str, first: int, last: int) -> int:
+        """The lowest address (an integer) from first to last that no other job holds, now the job's until
+        release_address. Persistent, so a restarted daemon never hands out a live job's address.
+        ResourceExhausted, naming network.subnet, when all are held."""
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT address FROM addresses WHERE job_id = ?", (job_id,)).fetchone()
+                if row:
+                    return row[0]
+                gap = self._db.execute(
+                    "SELECT ? AS a WHERE NOT EXISTS (SELECT 1 FROM addresses WHERE address = ?) UNION ALL "
+                    "SELECT address + 1 FROM addresses WHERE address + 1 <= ? AND address >= ? AND address + 1 NOT IN "
+                    "(SELECT address FROM addresses) ORDER BY a LIMIT 1", (first, first, last, first)).fetchone()
+                if gap is None:
+                    raise ResourceExhausted(f"no address left in network.subnet for job {job_id}: {last - first + 1} "
+                                            "bridge-mode jobs hold them all; widen the subnet")
+                self._db.execute("INSERT INTO addresses (address, job_id) VALUES (?, ?)", (gap[0], job_id))
+                return gap[0]
+        except sqlite3.OperationalError as exc:
+            self._reconnect()
+            raise InternalError(f"job store {self.path}: cannot allocate an address: {exc}") from exc
+
+    def release_address(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM addresses WHERE job_id = ?", (job_id,))
+
+    def addresses(self) -> dict[str, int]:
+        """Every job's address, by job id."""
+        with self._lock:
+            return dict(self._db.execute("SELECT job_id, address FROM addresses").fetchall())
 
     def dynamic_users(self) -> dict[str, int]:
         """Every owner's dynamic uid."""

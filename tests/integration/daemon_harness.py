@@ -32,8 +32,11 @@ class Daemon:
     new_session = True
 
     def __init__(self, workdir: Path, config: dict | None = None, run_dir: Path | None = None,
-                 subtree_prefix: str = "jobworkerd-it"):
+                 subtree_prefix: str = "jobworkerd-it", netns: str = ""):
         self.dir = workdir
+        # Run the daemon and jobctl in this network namespace (made by the test, /run/netns/NAME): nsenter
+        # keeps the mount namespace, so /sys/fs/cgroup stays the host's (`ip netns exec` would remount /sys).
+        self.enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca_dir = workdir / "ca"
         self.ca = str(self.ca_dir / "ca.crt")
@@ -89,7 +92,7 @@ class Daemon:
         raise RuntimeError(f"daemon did not listen within {timeout}s:\n{self.log.read_text()}")
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "jobworkerd", "serve", "--config", str(self.config_path)]
+        return [*self.enter, sys.executable, "-m", "jobworkerd", "serve", "--config", str(self.config_path)]
 
     @property
     def pid(self) -> int:
@@ -130,7 +133,7 @@ class Daemon:
     def jobctl(self, *args: str, name: str = "admin", role: str = "admin", input: bytes | None = None,
                timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "jobctl", *args], env=self.env(name, role), input=input,
+            [*self.enter, sys.executable, "-m", "jobctl", *args], env=self.env(name, role), input=input,
             capture_output=True, timeout=timeout,
         )
 

@@ -106,20 +106,34 @@ class Limits(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., io_device: _Optional[str] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., io_read_iops: _Optional[int] = ..., io_write_iops: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("name", "command", "limits", "timeout_seconds", "idempotency_key", "sandbox")
+    __slots__ = ("name", "command", "limits", "timeout_seconds", "idempotency_key", "sandbox", "network")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     name: str
     command: Command
     limits: Limits
     timeout_seconds: float
     idempotency_key: str
     sandbox: Sandbox
-    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+    network: Network
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class Network(_message.Message):
+    __slots__ = ("mode", "allow", "publish", "address")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    allow: _containers.RepeatedScalarFieldContainer[str]
+    publish: _containers.RepeatedScalarFieldContainer[str]
+    address: str
+    def __init__(self, mode: _Optional[str] = ..., allow: _Optional[_Iterable[str]] = ..., publish: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("profile", "seccomp", "hostname", "mounts", "devices", "rootfs")
@@ -228,7 +242,7 @@ class Usage(_message.Message):
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., output_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as", "timeout_seconds", "sandbox")
+    __slots__ = ("id", "name", "owner", "state", "exit_code", "signal", "reason", "message", "created_at", "started_at", "finished_at", "command", "limits", "usage", "run_as", "timeout_seconds", "sandbox", "network")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +260,7 @@ class Job(_message.Message):
     RUN_AS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     owner: str
@@ -263,7 +278,8 @@ class Job(_message.Message):
     run_as: str
     timeout_seconds: float
     sandbox: Sandbox
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+    network: Network
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[_Union[TerminationReason, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
 
 class WatchJobsRequest(_message.Message):
     __slots__ = ("after_revision",)
