@@ -115,7 +115,7 @@ class Network:
 
     # -- one job ------------------------------------------------------------------------------------------
 
-    def prepare(self, job_id: str, request: NetworkRequest, job_dir: str) -> NetworkRequest:
+    def prepare(self, job_id: str, request: NetworkRequest, job_dir: str, hostname: str = "") -> NetworkRequest:
         """Before the launch: the job's address, its firewall rules and its resolv.conf and hosts (in its run
         directory, bound over /etc's by the launcher). Returns the request with the address."""
         bridge, firewall = self._ready()
@@ -132,7 +132,7 @@ class Network:
                 _check_port_free(publish.protocol, host, publish.host_port)
                 firewall.publish(address, publish.protocol, host, publish.host_port, publish.job_port)
             _write(os.path.join(job_dir, "resolv.conf"), "".join(f"nameserver {s}\n" for s in dns))
-            _write(os.path.join(job_dir, "hosts"), f"127.0.0.1\tlocalhost\n{address}\t{job_id}\n")
+            _write(os.path.join(job_dir, "hosts"), f"127.0.0.1\tlocalhost\n{address}\t{hostname or job_id}\n")
         except BaseException:
             self.release(job_id, address)
             raise
@@ -145,19 +145,30 @@ class Network:
         return f"eth0 {address} {self.subnet.prefixlen} {self.gateway}"
 
     def release(self, job_id: str, address: str) -> None:
-        """Everything the job held; each part is tried even when another fails, and reported."""
-        bridge, firewall = self._bridge, self._firewall
-        steps = []
-        if firewall is not None and address:
-            steps += [("firewall rules", lambda: firewall.remove_job(address))]
-        if bridge is not None:
-            steps += [("veth", lambda: bridge.detach(job_id))]
-        steps += [("address", lambda: self.store.release_address(job_id))]
-        for what, step in steps:
-            try:
-                step()
-            except Exception as exc:  # keep releasing the rest
-                log.error("job %s: cannot release its %s: %s", job_id, what, exc)
+        """Everything the job held: release_rules, then release_link."""
+        self.release_rules(job_id, address)
+        self.release_link(job_id)
+
+    def release_rules(self, job_id: str, address: str) -> None:
+        """The job's egress policy and published ports: at its end, before the end is announced, so that a
+        port it published is free for the next job at once."""
+        if self._firewall is not None and address:
+            self._try(job_id, "firewall rules", lambda: self._firewall.remove_job(address))
+
+    def release_link(self, job_id: str) -> None:
+        """Its veth, then its address (never the address first: a new job must not share a live veth's).
+        Slow right after the job's end (the kernel tears its namespace down under the rtnl lock), so the
+        manager does it after announcing the end."""
+        if self._bridge is not None:
+            self._try(job_id, "veth", lambda: self._bridge.detach(job_id))
+        self._try(job_id, "address", lambda: self.store.release_address(job_id))
+
+    @staticmethod
+    def _try(job_id: str, what: str, step) -> None:
+        try:
+            step()
+        except Exception as exc:  # keep releasing the rest
+            log.error("job %s: cannot release its %s: %s", job_id, what, exc)
 
     def reconcile(self, live: set[str]) -> list[str]:
         """Releases what jobs that are not running still hold (after a crash): returns their ids."""

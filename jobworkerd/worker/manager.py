@@ -252,7 +252,7 @@ class JobManager:
         try:
             attach = None
             if network.mode == "bridge":  # its address, rules and resolv.conf; its veth once its namespace exists
-                network = self.network.prepare(job_id, network, job_dir)
+                network = self.network.prepare(job_id, network, job_dir, spec.sandbox.hostname)
                 record = record.evolve(spec=replace(record.spec, network=network))
                 sandbox_fields = sandbox_fields + _network_binds(job_dir, resolved.spec.sandbox.rootfs)
                 address = network.address
@@ -489,8 +489,9 @@ class JobManager:
             error = ""
         except Exception as exc:  # keep the record truthful even if the cgroup misbehaves
             usage, error = running.record.usage, f"; cgroup clean-up failed: {exc}"
-        if running.record.spec.network.mode == "bridge":  # its veth, rules, published ports and address
-            self.network.release(job_id, running.record.spec.network.address)
+        bridged = running.record.spec.network.mode == "bridge"
+        if bridged:  # its rules and published ports before its end is told (then its veth and address)
+            self.network.release_rules(job_id, running.record.spec.network.address)
         exit_code, sig, verdict = read_exit_file(running.exit_file)
         usage = replace(usage, output_bytes=_size(running.output_path), memory_bytes=0, pids=0)
         if exit_code is None and sig is None:
@@ -518,6 +519,8 @@ class JobManager:
         self.hub.notify(running.output_path)
         for callback in running.on_finish:
             callback()
+        if bridged:
+            self.network.release_link(job_id)
 
     def prune_history(self) -> list[str]:
         """Finished records beyond history.max_records or older than history.max_age go, with their output."""

@@ -404,6 +404,82 @@ def check_metrics_endpoint() -> dict:
     return detail
 
 
+# An "internet" namespace made in the guest (the guest has no network of its own): a veth up0 192.0.2.1/30 in
+# the guest's namespace, down0 192.0.2.2/30 in `jwinet`, where a TCP server answers with its peer's address.
+NET_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 8080)); s.listen(16)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept(); c.sendall(("hello " + peer[0] + "\n").encode()); c.close()
+"""
+NET_PROBE = r"""
+import errno, socket, time
+t = time.monotonic()
+try:
+    print("ok", socket.create_connection(("192.0.2.2", 8080), timeout=3).recv(100).decode().strip(), end=" ")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, "timeout"), end=" ")
+print(round(time.monotonic() - t, 2))
+"""
+
+
+def daemon_nft(*commands: str) -> str:
+    """The daemon's own libnftables binding, run by its own interpreter (the guest has no nft command)."""
+    with open(f"/proc/{show('MainPID')['MainPID']}/cmdline", "rb") as handle:
+        python = handle.read().split(b"\0")[0].decode()  # its venv's interpreter (exe would be the real binary)
+    code = "import sys; from jobworkerd.network.nftables import Nft; print(Nft().run(sys.argv[1]))"
+    return must([python, "-c", code, *commands])
+
+
+def job_links() -> list[str]:
+    return [n for n in os.listdir("/sys/class/net") if n.startswith("jw") or n == "jobworkerd0"]
+
+
+def check_network_bridge() -> dict:
+    # Bridge mode on systemd and cgroup v2: NAT to the upstream namespace, --net none and --allow refuse,
+    # and `systemctl stop` takes the bridge, every veth and the nftables table with it.
+    must(["ip", "netns", "add", "jwinet"])
+    server = None
+    try:
+        must(["ip", "link", "add", "up0", "type", "veth", "peer", "name", "down0", "netns", "jwinet"])
+        must(["ip", "addr", "add", "192.0.2.1/30", "dev", "up0"])
+        must(["ip", "link", "set", "up0", "up"])
+        must(["ip", "-n", "jwinet", "addr", "add", "192.0.2.2/30", "dev", "down0"])
+        must(["ip", "-n", "jwinet", "link", "set", "down0", "up"])
+        must(["ip", "-n", "jwinet", "link", "set", "lo", "up"])
+        server = subprocess.Popen(["nsenter", "--net=/run/netns/jwinet", "python3", "-c", NET_SERVER],
+                                  stdout=subprocess.PIPE, text=True)
+        if server.stdout.readline().strip() != "ready":
+            raise AssertionError("the upstream server did not start")
+        bridged = jobctl("run", "--net", "bridge", "--", "python3", "-c", NET_PROBE)
+        isolated = jobctl("run", "--net", "none", "--", "python3", "-c", NET_PROBE)
+        refused = jobctl("run", "--net", "bridge", "--allow", "192.0.2.2:9090/tcp", "--", "python3", "-c", NET_PROBE)
+        held = {"links": job_links(), "tables": daemon_nft("list tables")}
+        must(["systemctl", "stop", SERVICE], timeout=120)
+        after_stop = {"links": job_links()}
+        must(["systemctl", "start", SERVICE], timeout=120)
+        after_stop["tables"] = daemon_nft("list tables")
+        detail = {"bridged": bridged.stdout.strip(), "none": isolated.stdout.strip(),
+                  "allow_refused": refused.stdout.strip(), "while_running": held, "after_stop": after_stop}
+        if not bridged.stdout.startswith("ok hello 192.0.2.1"):
+            raise AssertionError(f"a bridge-mode job did not reach the upstream through NAT: {detail}")
+        if not isolated.stdout.startswith("ENETUNREACH"):
+            raise AssertionError(f"a job without a network reached something: {detail}")
+        verdict, seconds = refused.stdout.split()
+        if verdict not in ("ECONNREFUSED", "EHOSTUNREACH") or float(seconds) >= 1:
+            raise AssertionError(f"--allow did not refuse at once: {detail}")
+        if held["links"] != ["jobworkerd0"] or "jobworkerd" not in held["tables"]:
+            raise AssertionError(f"the bridge or the table is missing, or a job's veth stayed: {detail}")
+        if after_stop["links"] or "jobworkerd" in after_stop["tables"]:
+            raise AssertionError(f"systemctl stop left network state behind: {detail}")
+        return detail
+    finally:
+        if server is not None:
+            server.kill()
+        sh(["ip", "netns", "del", "jwinet"])
+
+
 def check_journal_fields() -> dict:
     """The daemon logs to journald natively: `journalctl -u jobworkerd JOB_ID=<id>` finds a job's start
     and end lines, with OWNER and REASON."""
@@ -620,6 +696,7 @@ def main() -> int:
             raise AssertionError(f"--privileged kept docker's set: {detail}")
         return detail
 
+    check("network-bridge", needs=("first-job",))(check_network_bridge)
     check("man-pages", needs=("install",))(check_man_pages)
     check("bash-completion", needs=("first-job",))(check_bash_completion)
     check("metrics-endpoint", needs=("first-job",))(check_metrics_endpoint)

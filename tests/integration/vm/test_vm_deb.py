@@ -38,6 +38,7 @@ CHECKS = [
     "job-group",
     "containment",
     "sandbox",
+    "network-bridge",
     "man-pages",
     "bash-completion",
     "metrics-endpoint",

@@ -24,8 +24,9 @@ SELF="$HERE/$(basename "$0")"
 VM_CACHE=${VM_CACHE:-/var/tmp/jobworkerd-vm}
 EXTRA=${EXTRA_PKGS:-}
 # python3 for the guest's test driver; the rest is what the tests' jobs use (dd, ps, mountpoint),
-# and man-db for the checks that the .deb's man pages are found (man -w)
-BASE_PKGS=systemd,systemd-sysv,udev,dbus,kmod,initramfs-tools,zstd,iproute2,procps,util-linux,coreutils,python3,ca-certificates,openssh-server,man-db
+# man-db for the checks that the .deb's man pages are found (man -w), and libnftables1, which the .deb
+# depends on (the guest has no network to fetch it)
+BASE_PKGS=systemd,systemd-sysv,udev,dbus,kmod,initramfs-tools,zstd,iproute2,procps,util-linux,coreutils,python3,ca-certificates,openssh-server,man-db,libnftables1
 KEY=$( { cat "$SELF"; echo "$EXTRA"; } | sha256sum | cut -c1-12)
 IMG=$VM_CACHE/img-$KEY
 
