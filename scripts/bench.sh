@@ -22,7 +22,7 @@ scripts/apt-need.sh bench crun bubblewrap || exit 1
   || echo "bench: py-spy could not be installed; profiles will show CPU per thread only"
 
 PY=.venv/bin/python
-ALL=(start_latency sandbox_start output_path jobctl_run stream_one stream_many follow_latency many_jobs hostile_user)
+ALL=(start_latency sandbox_start network_start output_path jobctl_run stream_one stream_many follow_latency many_jobs hostile_user)
 if [ "$#" -gt 0 ]; then BENCHES=("$@"); else BENCHES=("${ALL[@]}"); fi
 COMMAND="bash scripts/bench.sh${*:+ $*}"
 OUT=$(mktemp /tmp/jobworkerd-bench-out.XXXXXX)
