@@ -275,7 +275,12 @@ def jobworkerd_page() -> str:
         paragraphs(
             "jobworkerd runs commands as jobs on one host. Each job gets its own cgroup (CPU, memory, I/O and "
             "process limits; cgroup v2 or v1, detected at start) beneath the daemon's own cgroup, and its own "
-            "PID, mount and network namespaces. Clients, such as jobctl(1), start, stop, list, wait for and "
+            "PID, mount, network, UTS, IPC and cgroup namespaces, in a sandbox: a read-only host, its own "
+            "/tmp, /dev, /run and /sys, no capabilities (docker's default set for root), no_new_privs and a "
+            "seccomp filter (profiles in the config's sandbox section; an admin may ask for --privileged). "
+            "A job's network is none (only lo), bridge (a veth on the daemon's bridge, NAT, an egress policy "
+            "and published ports in the daemon's nftables tables) or host (admins); see the network section. "
+            "Clients, such as jobctl(1), start, stop, list, wait for and "
             "stream the output of jobs over gRPC; every connection is mutual TLS, and a client's identity and "
             "role come from its certificate.",
             "jobworkerd serve runs the daemon, as root. Under systemd (jobworkerd.service) it reports readiness "
