@@ -277,7 +277,7 @@ def jobworkerd_page() -> str:
             "process limits; cgroup v2 or v1, detected at start) beneath the daemon's own cgroup, and its own "
             "PID, mount, network, UTS, IPC and cgroup namespaces, in a sandbox: a read-only host, its own "
             "/tmp, /dev, /run and /sys, no capabilities (docker's default set for root), no_new_privs and a "
-            "seccomp filter (profiles in the config's sandbox section; an admin may ask for --privileged). "
+            "seccomp filter (profiles in the config's sandbox section; an admin may ask jobctl run for a privileged job). "
             "A job's network is none (only lo), bridge (a veth on the daemon's bridge, NAT, an egress policy "
             "and published ports in the daemon's nftables tables) or host (admins); see the network section. "
             "Clients, such as jobctl(1), start, stop, list, wait for and "
