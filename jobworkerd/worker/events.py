@@ -41,6 +41,9 @@ class EventLog:
         self._last = int(clock() * 1e6)  # the revision before this run's first event
         self._first = self._last
         self._lock = threading.Lock()
+        # Held from numbering an event to handing it to the last subscriber: subscribers see events in
+        # revision order (a watcher skips what it has seen by revision, and would drop one that came late).
+        self._delivering = threading.Lock()
         self._subscribers: dict[int, Callable[[JobEvent], None]] = {}
         self._next_token = 0
 
@@ -52,13 +55,14 @@ class EventLog:
         """Called for each state change (a JobManager listener): numbers it, keeps it, hands it to every
         subscriber. Subscribers run in the caller's thread and must not block."""
         summary = replace(record, spec=replace(record.spec, args=(), env={}))
-        with self._lock:
-            self._last += 1
-            event = JobEvent(self._last, KINDS[record.state], self._clock(), summary)
-            self._events.append(event)
-            subscribers = list(self._subscribers.values())
-        for callback in subscribers:
-            callback(event)
+        with self._delivering:
+            with self._lock:
+                self._last += 1
+                event = JobEvent(self._last, KINDS[record.state], self._clock(), summary)
+                self._events.append(event)
+                subscribers = list(self._subscribers.values())
+            for callback in subscribers:
+                callback(event)
         return event
 
     def subscribe(self, callback: Callable[[JobEvent], None]) -> int:
