@@ -61,6 +61,19 @@ print(json.dumps({
     "write_etc": attempt(lambda: open("/etc/jobworkerd-x", "w")),
     "write_cgroup": attempt(lambda: open("/sys/fs/cgroup/memory.max", "w").write("max")),
     "journal_socket": attempt(lambda: connect("/run/systemd/journal/socket")),
+    "block_device": attempt(lambda: open("/dev/vda", "rb").read(1)),
+    "mknod_block_device": attempt(lambda: (os.mknod("/tmp/disk", 0o60600, os.makedev(254, 0)),
+                                           open("/tmp/disk", "rb").read(1))),
+    "init_module": call(175, None, 0, b""),
+    "finit_module": call(313, -1, b"", 0),
+    "reboot": call(169, 0, 0, 0, None),
+    "bpf": call(321, 0, None, 0),
+    "clock_settime": call(227, 0, (ctypes.c_long * 2)(0, 0)),
+    "world_writable_host_dir": attempt(lambda: open("/var/lib/jobworkerd-ww/x", "w")),
+    "other_tmp": attempt(lambda: open("/tmp/secret", "rb")),
+    "other_shm": attempt(lambda: open("/dev/shm/secret", "rb")),
+    "proc_keys_bytes": len(open("/proc/keys", "rb").read()),
+    "setuid_euid": int(os.popen("/var/lib/jobworkerd-ww/id -u").read() or -1),
     "no_new_privs": status.split("NoNewPrivs:")[1].split()[0],
     "cap_eff": status.split("CapEff:")[1].split()[0],
 }))
@@ -668,17 +681,27 @@ def main() -> int:
         # other cgroup); the rest of the escape matrix holds here too, for alice (user role, a non-root
         # uid) and for root's non-privileged job: tests/integration/test_sandbox.py has the full matrix.
         alice = ["--cert", "/root/alice.crt", "--key", "/root/alice.key"]
+        os.makedirs("/var/lib/jobworkerd-ww", exist_ok=True)  # a world-writable host directory, and a setuid-root id
+        os.chmod("/var/lib/jobworkerd-ww", 0o1777)
+        must(["install", "-m", "4755", "/usr/bin/id", "/var/lib/jobworkerd-ww/id"])
+        victim = start("--", "sh", "-c", "echo secret > /tmp/secret; echo secret > /dev/shm/secret; exec sleep 600")
         results = {}
-        for who, creds in (("alice", alice), ("root", [])):
-            done = jobctl(*creds, "run", "--mem", "64M", "--pids", "50", "--", "python3", "-c", SANDBOX_PROBE)
-            if done.returncode != 0:
-                raise AssertionError(f"{who}'s probe job failed: {done.stdout}")
-            results[who] = json.loads(done.stdout.strip().splitlines()[-1])
+        try:
+            for who, creds in (("alice", alice), ("root", [])):
+                done = jobctl(*creds, "run", "--mem", "64M", "--pids", "50", "--", "python3", "-c", SANDBOX_PROBE)
+                if done.returncode != 0:
+                    raise AssertionError(f"{who}'s probe job failed: {done.stdout}")
+                results[who] = json.loads(done.stdout.strip().splitlines()[-1])
+        finally:
+            stop(victim, "0")
         privileged = jobctl("run", "--privileged", "--", "grep", "CapEff", "/proc/self/status")
         refused = jobctl(*alice, "run", "--privileged", "--", "true")
         expected = {"memory.max": str(64 * MiB), "pids.max": "50", "proc_cgroup": "0::/", "cgroups_below": 0,
                     "mount": "EPERM", "keyctl": "EPERM", "unshare_user": "EPERM", "write_etc": "EROFS",
-                    "write_cgroup": "EROFS", "journal_socket": "ENOENT", "no_new_privs": "1"}
+                    "write_cgroup": "EROFS", "journal_socket": "ENOENT", "no_new_privs": "1",
+                    "block_device": "ENOENT", "init_module": "EPERM", "finit_module": "EPERM", "reboot": "EPERM",
+                    "bpf": "EPERM", "clock_settime": "EPERM", "world_writable_host_dir": "EROFS",
+                    "other_tmp": "ENOENT", "other_shm": "ENOENT", "proc_keys_bytes": 0}
         detail = {"results": results, "privileged": privileged.stdout.strip(), "refused": refused.stdout.strip()}
         for who, out in results.items():
             wrong = {k: out.get(k) for k, v in expected.items() if out.get(k) != v}
@@ -686,6 +709,10 @@ def main() -> int:
                 raise AssertionError(f"{who}'s job: {wrong} (expected {expected}): {detail}")
         if int(results["alice"]["cap_eff"], 16) != 0 or results["alice"]["uid"] == 0:
             raise AssertionError(f"alice's job has capabilities or runs as root: {detail}")
+        if results["alice"]["setuid_euid"] != results["alice"]["uid"]:
+            raise AssertionError(f"a setuid-root binary raised alice's job's privileges: {detail}")
+        if (results["alice"]["mknod_block_device"], results["root"]["mknod_block_device"]) != ("EPERM", "EACCES"):
+            raise AssertionError(f"a device node made in /tmp opened (or mknod was not as expected): {detail}")
         if int(results["root"]["cap_eff"], 16) != 0xA80425FB:  # docker's default set
             raise AssertionError(f"root's job does not have exactly docker's capabilities: {detail}")
         if results["root"]["hostname"] == results["alice"]["hostname"] or len(results["root"]["hostname"]) != 12:
