@@ -25,6 +25,9 @@ DOCKER_DEFAULT_CAPS = {
 ROOT_CAPS_MASK = sum(1 << bit for bit in DOCKER_DEFAULT_CAPS.values())
 ROOTFS_MOUNT_POINTS = ("/proc", "/dev", "/sys", "/run")  # must exist in an image: its root is read-only
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/run", "/dev/shm")  # the job's own tmpfs: the launcher makes mount points there
+# Never made writable as a job's directory: the host's kernel interfaces (a root job in /sys/fs/cgroup or
+# /proc/sys would write the cgroup tree or sysctls). The job works there in its own read-only views.
+KERNEL_DIRS = ["/proc", "/sys", "/dev"]
 HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 MAX_MOUNTS = 64
 MAX_DEVICES = 16
@@ -138,7 +141,7 @@ def _binds(sandbox: Sandbox, root: str, directory: str, hidden: list[str]) -> li
     if not root and not sandbox.profile.privileged:
         for path in (directory, *sandbox.profile.writable_paths):
             real = os.path.realpath(path)
-            if real != "/" and os.path.isdir(real) and not _under(real, hidden):
+            if real != "/" and os.path.isdir(real) and not _under(real, hidden) and not _under(real, KERNEL_DIRS):
                 binds.append((real, real, False))
     for mount in sandbox.request.mounts:
         source = _real(mount.source, "mount source")

@@ -208,6 +208,15 @@ def test_own_tmp_and_directory_are_writable_and_the_host_is_not(d, tmp_path):
     assert not os.path.exists("/etc/x") and not os.path.exists("/usr/x")
 
 
+def test_a_root_job_working_in_the_cgroup_tree_or_proc_sys_still_cannot_write_them(d):
+    write = ("import errno, sys\ntry:\n    open(sys.argv[1], 'w').write('1')\n    print('written')\n"
+             "except OSError as exc:\n    print(errno.errorcode[exc.errno])")
+    sysctl = next(f for f in ("sysrq", "printk", "hostname") if os.path.exists(f"/proc/sys/kernel/{f}"))
+    for directory, target in (("/sys/fs/cgroup/pids", "pids.max"), ("/proc/sys/kernel", sysctl)):
+        done = run(d, "python3", "-c", write, target, who=ADMIN_ROOT, options=("--dir", directory))
+        assert done.stdout.strip() == b"EROFS", (directory, done.stdout, done.stderr)
+
+
 def test_the_job_sees_its_own_limits_and_no_other_cgroup(d):
     done = run(d, "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; "
                "cat /proc/self/cgroup; find /sys/fs/cgroup -mindepth 2 -type d | wc -l",

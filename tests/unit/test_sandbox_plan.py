@@ -77,6 +77,8 @@ def test_the_jobs_directory_is_writable_but_never_the_root_or_a_daemon_directory
     assert field(fields(directory="/"), "bind") == []
     hidden = fields(directory=str(tmp_path), hidden=[str(tmp_path.parent)])
     assert field(hidden, "bind") == []
+    for kernel in ("/sys/fs/cgroup", "/proc/sys", "/dev"):  # a root job there would write the host's kernel state
+        assert field(fields(directory=kernel, is_admin=True, uid=0), "bind") == []
 
 
 def test_mounts_are_checked_before_anything_is_created(tmp_path):
