@@ -303,6 +303,7 @@ VANISHING_CLIENT = textwrap.dedent("""
     for call in calls:
         next(call)  # every stream is open on the server and has sent its first chunk
     print(len(calls), flush=True)
+    sys.stdin.readline()  # the streams stay open until the test has counted them
     if sys.argv[8] == "nice":  # the polite way out: cancel every call, close every channel
         for call in calls:
             call.cancel()
@@ -311,20 +312,36 @@ VANISHING_CLIENT = textwrap.dedent("""
 """)
 
 
+def fds_on(pid: int, path: str) -> int:
+    """How many of a process's descriptors are open on `path`."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == path
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
 def vanish_with_500_streams(d, job_id: str, pid: int, base_fds: int, how: str = "vanish") -> int:
     """Runs the 500-stream client once; returns the daemon's fd count while its streams were open."""
     crt, key = d.cert("admin", "admin")
     client = subprocess.Popen([sys.executable, "-c", VANISHING_CLIENT, d.addr, d.ca, crt, key, job_id, "10", "50",
-                               how], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               how], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = client.stdout.readline()
         assert line.strip() == b"500", (line, client.stderr.read() if client.poll() is not None else "")
-        # Each open stream holds the output file open in the daemon: proof that the count below measures them.
+        # Each open stream holds the output file open in the daemon: proof that the streams are served and
+        # that the fd count measures them (counted by what they point at: other fds of the daemon come and go).
+        streams = fds_on(pid, str(output_file(d, job_id)))
         open_fds = fd_count(pid)
-        assert open_fds >= base_fds + 500, (base_fds, open_fds)
+        assert streams >= 500 and open_fds >= base_fds + 500, (base_fds, open_fds, streams)
     finally:
-        client.send_signal(signal.SIGKILL)  # vanishes: no cancellation, no GOAWAY, just closed sockets
-        client.wait()
+        if how == "nice":
+            client.communicate(b"go\n", timeout=60)  # it cancels every call and closes every channel
+        else:
+            client.send_signal(signal.SIGKILL)  # vanishes: no cancellation, no GOAWAY, just closed sockets
+            client.wait()
     wait_until(lambda: fd_count(pid) <= base_fds, f"daemon fds back to {base_fds} (now {fd_count(pid)})", timeout=60)
     return open_fds
 
