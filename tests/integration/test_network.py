@@ -227,6 +227,26 @@ def test_publish_works_from_the_internet_and_from_the_hosts_loopback_and_a_taken
         d.jobctl("stop", "--grace", "0", job_id, **ADMIN)
 
 
+def test_an_address_given_again_is_reachable_at_once(d):
+    """A job's address goes to a later job (its own veth and MAC): the host must reach the new one at once,
+    not after its neighbour entry for the old MAC expires."""
+    serve = ("import socket\ns = socket.socket(); s.bind(('0.0.0.0', 8000)); s.listen()\nprint('up', flush=True)\n"
+             "while True:\n    c, p = s.accept(); c.sendall(b'here\\n'); c.close()")
+    code = ("import socket, sys; s = socket.create_connection(('127.0.0.1', 20085), timeout=3); "
+            "print(s.recv(100).decode().strip())")
+    addresses = []
+    for _ in range(6):
+        job_id = d.jobctl("run", "-d", "--net", "bridge", "--publish", "20085:8000", "--", "python3", "-c", serve,
+                          **ADMIN).stdout.decode().strip()
+        try:
+            wait_for(lambda: d.jobctl("logs", job_id, **ADMIN).stdout == b"up\n", "the server job")
+            addresses.append(json.loads(d.jobctl("status", "-o", "json", job_id, **ADMIN).stdout)["network"]["address"])
+            assert in_ns(HOST_NS, sys.executable, "-c", code, timeout=10).stdout.strip() == "here", addresses
+        finally:
+            d.jobctl("stop", "--grace", "0", job_id, **ADMIN)
+    assert len(set(addresses)) < len(addresses), addresses  # some address was given again, so this tested it
+
+
 def test_a_role_may_use_only_its_modes(d):
     refused = d.jobctl("run", "--net", "host", "--", "true", **USER)
     assert refused.returncode != 0 and b"permission denied" in refused.stderr.lower()
