@@ -468,6 +468,9 @@ def check_network_bridge() -> dict:
         bridged = jobctl("run", "--net", "bridge", "--", "python3", "-c", NET_PROBE)
         isolated = jobctl("run", "--net", "none", "--", "python3", "-c", NET_PROBE)
         refused = jobctl("run", "--net", "bridge", "--allow", "192.0.2.2:9090/tcp", "--", "python3", "-c", NET_PROBE)
+        # A finished job's veth goes just after its end is told: wait for the pool's (2 at most) alone to stay.
+        wait_for("the finished jobs' veths to go", lambda: len([n for n in job_links() if n != "jobworkerd0"]) <= 2,
+                 30, 0.2)
         held = {"links": job_links(), "tables": daemon_nft("list tables")}
         must(["systemctl", "stop", SERVICE], timeout=120)
         after_stop = {"links": job_links()}
