@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass, replace
 
@@ -266,7 +265,8 @@ class Pool:
             except Exception as exc:  # starts go on without the pool meanwhile (a veth each)
                 failures += 1
                 log.error("cannot prepare a network namespace for the pool: %s", exc)
-                time.sleep(min(30.0, 0.5 * 2 ** failures))
+                with self._wanted:
+                    self._wanted.wait_for(lambda: self._closing, timeout=min(30.0, 0.5 * 2 ** failures))
                 continue
             with self._wanted:
                 if self._closing:

@@ -135,9 +135,9 @@ class JobManager:
             self._monitor.join()
         self._enders.shutdown(wait=True)
         self.timers.close()
-        self.forkserver.close()
+        self.network.close()  # the pool, the bridge and the daemon's nftables tables: no job holds them any more
+        self.forkserver.close()  # after the pool, which makes its namespaces through it
         self.backend.teardown()
-        self.network.close()  # the bridge and the daemon's nftables table: no job holds them any more
         self._retry_unstored()  # a last try: what the store still cannot take is reconciled at the next start
         if self._unstored or self._unstored_keys:
             log.error("shutting down with %d job state change(s) and %d start key(s) the store could not take: %s",
