@@ -353,3 +353,27 @@ def test_a_sigkill_and_a_restart_leave_nothing_behind(tmp_path):
             daemon.stop()
         unmount_output_tmpfs(tmp_path)
         ip("netns", "del", ns, check=False)
+
+
+def test_pyroute2_is_imported_only_when_bridge_mode_is_first_used(topology, tmp_path):
+    """Its import costs ~90 ms and ~20 MB: a daemon whose jobs use none and host modes never pays it."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from jobworkerd.config import config_from_dict
+        from jobworkerd.worker import JobManager, JobSpec
+        from jobworkerd.network.options import NetworkRequest
+        config = config_from_dict({{"state_dir": "{tmp_path}/state", "run_dir": "{tmp_path}/run",
+                                    "cgroup": {{"subtree": "jobworkerd-it-pyroute2-{os.getpid()}"}}}})
+        with JobManager(config) as m:
+            for mode in ("none", "host"):
+                job = m.start(JobSpec("/bin/true", network=NetworkRequest(mode=mode)))
+                assert m.wait(job.id, 30).exit_code == 0
+            print("pyroute2" in sys.modules)
+    """)
+    from daemon_harness import unmount_output_tmpfs
+
+    try:
+        done = in_ns(HOST_NS, sys.executable, "-c", code, timeout=120)  # host mode: the test's namespace
+    finally:
+        unmount_output_tmpfs(tmp_path)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
