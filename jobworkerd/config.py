@@ -663,12 +663,16 @@ class NetworkConfig:
     user_allow: tuple[str, ...] = ("0.0.0.0/0",)  # a user's --allow must lie within these networks
     publish_address: str = "127.0.0.1"  # the host address of a --publish that names none
     user_publish_ports: tuple[int, int] = (20000, 29999)  # the host ports users may publish (admins: any)
+    # Network namespaces kept ready (veth on the bridge, address set up), refilled in the background once
+    # bridge mode has been used: a bridge-mode start then joins one instead of waiting for a veth. 0: none.
+    pool: int = 2
 
     _convert = {
         "bridge": _interface_name, "subnet": _subnet, "dns": _ipv4_addresses,
         "user": lambda v, k: _section(NetworkRole, v, k), "admin": lambda v, k: _section(NetworkRole, v, k),
         "allow_job_to_job": _bool, "allow_host": _bool, "egress": _ipv4_networks, "user_allow": _ipv4_networks,
         "publish_address": lambda v, k: _publish_address(v, k), "user_publish_ports": _port_range,
+        "pool": _int_between(0, 64),
     }
 
     def role(self, is_admin: bool) -> NetworkRole:

@@ -68,6 +68,7 @@ import _signal  # noqa: E402
 import _socket  # noqa: E402
 import struct  # noqa: E402
 
+from netcfg import bring_up_loopback, configure, read_assignment  # noqa: E402
 from shim import open_host_files, run_init  # noqa: E402
 from syscalls import (  # noqa: E402
     CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, MS_PRIVATE, MS_REC, StepError, check, libc,
@@ -114,13 +115,16 @@ def report(status_fd, line):
 
 
 def launch_job(spec_fd, output_fd, status_fd, net_fd=-1):
-    """L: everything from reading the spec to forking the job's init. Never returns. `net_fd`: the network
-    pipe's read end, for a job the daemon attaches to its bridge (netcfg.py)."""
+    """L: everything from reading the spec to forking the job's init. Never returns. `net_fd`: for a job the
+    daemon attaches to its bridge, the network pipe's read end (netcfg.py); for one given a prepared
+    network namespace of the daemon's pool (net=pooled), that namespace."""
     try:
         spec = read_spec(spec_fd)
     except TruncatedSpec:
         report(status_fd, "fail read-spec 0 the job spec arrived incomplete")
         os._exit(1)
+    if spec.get("hold") == b"1":
+        hold_network(status_fd, net_fd)
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     if spec_fd != 0:
@@ -128,8 +132,15 @@ def launch_job(spec_fd, output_fd, status_fd, net_fd=-1):
     os.close(devnull)
     try:
         exit_fd, cgroup_files = open_host_files(spec)
-        # net=host (admins): the host's network namespace; otherwise a new one (bridge: attached by the daemon).
-        network = 0 if spec.get("net") == b"host" else CLONE_NEWNET
+        # net=host (admins): the host's network namespace; net=pooled: a namespace the pool prepared (its veth
+        # set up already); otherwise a new one (bridge: attached by the daemon once it exists).
+        network = CLONE_NEWNET
+        if spec.get("net") == b"host":
+            network = 0
+        elif spec.get("net") == b"pooled":
+            check("join-network", libc.setns(net_fd, CLONE_NEWNET))
+            os.close(net_fd)
+            net_fd, network = -1, 0
         check("unshare", libc.unshare(CLONE_NEWPID | CLONE_NEWNS | network | CLONE_NEWUTS | CLONE_NEWIPC))
         # Private before anything is mounted, so nothing the job's init mounts or hides reaches the host.
         check("make-mounts-private", libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
@@ -151,6 +162,23 @@ def launch_job(spec_fd, output_fd, status_fd, net_fd=-1):
     except OSError as exc:
         report(status_fd, f"fail init {exc.errno} {exc.strerror}")
     os._exit(code)
+
+
+def hold_network(status_fd, net_fd):
+    """A prepared network namespace for the daemon's pool: made here, lo up, "pid N" reported so that the
+    daemon can put a veth in it; then its one line on the network pipe says how to set eth0 up (netcfg.py),
+    "ok" is reported, and this process exits: the daemon holds the namespace by an fd until a job joins it,
+    so no pid (which could be reused) ever names it. Never returns."""
+    try:
+        check("unshare", libc.unshare(CLONE_NEWNET))
+        bring_up_loopback()
+        report(status_fd, f"pid {os.getpid()}")
+        configure(*read_assignment(net_fd))
+    except StepError as exc:
+        report(status_fd, f"fail {exc.step} {exc.err} {exc.detail}")
+        os._exit(1)
+    report(status_fd, "ok")
+    os._exit(0)
 
 
 def received_fds(ancillary):

@@ -6,12 +6,14 @@ that are gone, and all of it at a clean stop."""
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 import os
 import socket
 import threading
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
 
 from ..config import NetworkConfig
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
@@ -80,18 +82,19 @@ class Network:
     """Bridge mode's host side. The bridge and the firewall are set up at the first bridge-mode job (so a
     daemon whose jobs never ask for a network never imports pyroute2 nor touches netlink or nftables)."""
 
-    def __init__(self, config: NetworkConfig, store, protected_ports: tuple[int, ...] = ()):
+    def __init__(self, config: NetworkConfig, store, hold=None):
+        """`hold(attach)`: makes a network namespace for the pool (ForkServer.hold); None: no pool."""
         self.config, self.store = config, store
         self.subnet = ipaddress.IPv4Network(config.subnet)
         self.gateway = next(self.subnet.hosts())
-        self.protected_ports = protected_ports
         self._lock = threading.Lock()
         self._bridge = None
         self._firewall = None
+        self._pool = Pool(self, hold, config.pool) if hold is not None and config.pool else None
 
     # -- the host side, made once -------------------------------------------------------------------------
 
-    def _ready(self):
+    def _ready(self, start_pool: bool = True):
         with self._lock:
             if self._bridge is None:
                 from .bridge import HOST_PREFIX, Bridge  # noqa: PLC0415 (pyroute2 only when bridge mode is used)
@@ -107,6 +110,8 @@ class Network:
                 if warning:
                     log.warning("%s", warning)
                 self._bridge, self._firewall = bridge, firewall
+            if start_pool and self._pool is not None:
+                self._pool.start()
             return self._bridge, self._firewall
 
     @property
@@ -115,12 +120,18 @@ class Network:
 
     # -- one job ------------------------------------------------------------------------------------------
 
-    def prepare(self, job_id: str, request: NetworkRequest, job_dir: str, hostname: str = "") -> NetworkRequest:
+    def prepare(self, job_id: str, request: NetworkRequest, job_dir: str, hostname: str = "") -> tuple[NetworkRequest, int]:
         """Before the launch: the job's address, its firewall rules and its resolv.conf and hosts (in its run
-        directory, bound over /etc's by the launcher). Returns the request with the address."""
+        directory, bound over /etc's by the launcher). Returns the request with the address, and a prepared
+        namespace of the pool to join (an fd the caller closes once the job is launched), or -1: then the
+        launcher makes one and the veth is attached once it exists (attach_line)."""
         bridge, firewall = self._ready()
-        first, last = int(self.gateway) + 1, int(self.subnet.broadcast_address) - 1
-        address = str(ipaddress.IPv4Address(self.store.take_address(job_id, first, last)))
+        prepared = self._pool.take() if self._pool is not None else None
+        if prepared is not None:
+            self.store.move_address(prepared.holder, job_id)
+            address, request = prepared.address, replace(request, link=prepared.link)
+        else:
+            address = str(ipaddress.IPv4Address(self.store.take_address(job_id, *self.host_range)))
         try:
             from .rules import UNRESTRICTED, EgressPolicy  # noqa: PLC0415
 
@@ -134,9 +145,15 @@ class Network:
             _write(os.path.join(job_dir, "resolv.conf"), "".join(f"nameserver {s}\n" for s in dns))
             _write(os.path.join(job_dir, "hosts"), f"127.0.0.1\tlocalhost\n{address}\t{hostname or job_id}\n")
         except BaseException:
-            self.release(job_id, address)
+            if prepared is not None:
+                os.close(prepared.netns_fd)
+            self.release(job_id, address, request.link)
             raise
-        return replace(request, address=address)
+        return replace(request, address=address), prepared.netns_fd if prepared is not None else -1
+
+    @property
+    def host_range(self) -> tuple[int, int]:
+        return int(self.gateway) + 1, int(self.subnet.broadcast_address) - 1
 
     def attach_line(self, job_id: str, address: str, init_pid: int) -> str:
         """Once the job's namespace exists: its veth, and the line its init configures eth0 from."""
@@ -144,10 +161,10 @@ class Network:
         bridge.attach(job_id, init_pid)
         return f"eth0 {address} {self.subnet.prefixlen} {self.gateway}"
 
-    def release(self, job_id: str, address: str) -> None:
+    def release(self, job_id: str, address: str, link: str = "") -> None:
         """Everything the job held: release_rules, then release_link."""
         self.release_rules(job_id, address)
-        self.release_link(job_id)
+        self.release_link(job_id, link)
 
     def release_rules(self, job_id: str, address: str) -> None:
         """The job's egress policy and published ports: at its end, before the end is announced, so that a
@@ -155,12 +172,12 @@ class Network:
         if self._firewall is not None and address:
             self._try(job_id, "firewall rules", lambda: self._firewall.remove_job(address))
 
-    def release_link(self, job_id: str) -> None:
-        """Its veth, then its address (never the address first: a new job must not share a live veth's).
-        Slow right after the job's end (the kernel tears its namespace down under the rtnl lock), so the
-        manager does it after announcing the end."""
+    def release_link(self, job_id: str, link: str = "") -> None:
+        """Its veth (named by `link` when it came from the pool), then its address (never the address first:
+        a new job must not share a live veth's). Slow right after the job's end (the kernel tears its
+        namespace down under the rtnl lock), so the manager does it after announcing the end."""
         if self._bridge is not None:
-            self._try(job_id, "veth", lambda: self._bridge.detach(job_id))
+            self._try(job_id, "veth", lambda: self._bridge.detach(link or job_id))
         self._try(job_id, "address", lambda: self.store.release_address(job_id))
 
     @staticmethod
@@ -175,7 +192,7 @@ class Network:
         held = self.store.addresses()
         if not held:  # no job held an address: nothing of bridge mode was left (and pyroute2 stays unloaded)
             return []
-        bridge, firewall = self._ready()
+        bridge, firewall = self._ready(start_pool=False)  # before the pool adds veths of its own
         stale = {job_id for job_id in held if job_id not in live}
         stale |= {job_id for job_id in bridge.attached_jobs() if job_id not in live}
         firewall.reconcile([ipaddress.IPv4Address(a) for j, a in held.items() if j in live])
@@ -185,7 +202,9 @@ class Network:
         return sorted(stale)
 
     def close(self) -> None:
-        """A clean stop, once every job has ended: the bridge and the daemon's nftables table go."""
+        """A clean stop, once every job has ended: the pool, the bridge and the daemon's nftables table go."""
+        if self._pool is not None:
+            self._pool.close()
         with self._lock:
             if self._firewall is not None:
                 self._firewall.teardown()
@@ -193,6 +212,100 @@ class Network:
                 self._bridge.teardown()
                 self._bridge.close()
             self._bridge = self._firewall = None
+
+
+@dataclass
+class Prepared:
+    """A network namespace of the pool: held by `netns_fd` (its maker has exited), its veth jw<link> on the
+    bridge, its eth0 set up with `address`, which the store holds under `holder` until a job takes it."""
+
+    link: str
+    address: str
+    netns_fd: int = -1
+
+    @property
+    def holder(self) -> str:
+        return f"pool-{self.link}"
+
+
+class Pool:
+    """Prepared namespaces, refilled in the background to `size`. Each is given to one job only (taken off
+    the pool), so no job ever joins a namespace another job used."""
+
+    def __init__(self, network: Network, hold, size: int):
+        self.network, self.hold, self.size = network, hold, size
+        self._ready: collections.deque[Prepared] = collections.deque()
+        self._wanted = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._refill, name="network-pool", daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._closing:
+            try:
+                self._thread.start()
+            except RuntimeError:
+                pass  # started already
+
+    def take(self) -> Prepared | None:
+        with self._wanted:
+            prepared = self._ready.popleft() if self._ready else None
+            self._wanted.notify()
+        return prepared
+
+    def _refill(self) -> None:
+        failures = 0
+        while True:
+            with self._wanted:
+                self._wanted.wait_for(lambda: self._closing or len(self._ready) < self.size)
+                if self._closing:
+                    return
+            try:
+                prepared = self._make()
+                failures = 0
+            except Exception as exc:  # starts go on without the pool meanwhile (a veth each)
+                failures += 1
+                log.error("cannot prepare a network namespace for the pool: %s", exc)
+                with self._wanted:
+                    self._wanted.wait_for(lambda: self._closing, timeout=min(30.0, 0.5 * 2 ** failures))
+                continue
+            with self._wanted:
+                if self._closing:
+                    self._discard(prepared)
+                    return
+                self._ready.append(prepared)
+
+    def _make(self) -> Prepared:
+        prepared = Prepared(uuid.uuid4().hex[:12], "")
+        store, bridge = self.network.store, self.network._bridge
+        prepared.address = str(ipaddress.IPv4Address(store.take_address(prepared.holder, *self.network.host_range)))
+
+        def attach(pid: int) -> str:
+            prepared.netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # pid alive: it waits
+            bridge.attach(prepared.link, pid)
+            return f"eth0 {prepared.address} {self.network.subnet.prefixlen} {self.network.gateway}"
+
+        try:
+            self.hold(attach)
+        except BaseException:
+            self._discard(prepared)
+            raise
+        return prepared
+
+    def _discard(self, prepared: Prepared) -> None:
+        if prepared.netns_fd >= 0:
+            os.close(prepared.netns_fd)
+        if self.network._bridge is not None:
+            self.network._bridge.detach(prepared.link)
+        self.network.store.release_address(prepared.holder)
+
+    def close(self) -> None:
+        with self._wanted:
+            self._closing = True
+            self._wanted.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        while self._ready:
+            self._discard(self._ready.popleft())
 
 
 def _check_port_free(protocol: str, host: str, port: int) -> None:

@@ -46,6 +46,7 @@ class NetworkRequest:
     allow: tuple[Allow, ...] = ()  # empty: the config's default policy
     publish: tuple[Publish, ...] = ()
     address: str = ""  # the job's address on the bridge, filled in by the daemon (bridge mode)
+    link: str = ""  # the id its veth is named by (jw<link>), when it came from the pool; else the job's id
 
     @classmethod
     def from_dict(cls, data: dict) -> "NetworkRequest":
@@ -54,6 +55,7 @@ class NetworkRequest:
             allow=tuple(Allow(**a) for a in data.get("allow", ())),
             publish=tuple(Publish(**p) for p in data.get("publish", ())),
             address=data.get("address", ""),
+            link=data.get("link", ""),
         )
 
 

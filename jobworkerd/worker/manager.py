@@ -99,7 +99,7 @@ class JobManager:
         self.jobs_dir = self.run_dir.jobs_dir
         # Shown empty inside every job: other jobs' output, and every job's record (arguments, environment).
         self.hidden_paths = [self.jobs_dir, os.path.realpath(config.state_dir), *_key_directories(config)]
-        self.network = Network(config.network, self.store)
+        self.network = Network(config.network, self.store, hold=self.forkserver.hold)
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -135,9 +135,9 @@ class JobManager:
             self._monitor.join()
         self._enders.shutdown(wait=True)
         self.timers.close()
-        self.forkserver.close()
+        self.network.close()  # the pool, the bridge and the daemon's nftables tables: no job holds them any more
+        self.forkserver.close()  # after the pool, which makes its namespaces through it
         self.backend.teardown()
-        self.network.close()  # the bridge and the daemon's nftables table: no job holds them any more
         self._retry_unstored()  # a last try: what the store still cannot take is reconciled at the next start
         if self._unstored or self._unstored_keys:
             log.error("shutting down with %d job state change(s) and %d start key(s) the store could not take: %s",
@@ -250,21 +250,28 @@ class JobManager:
             record = record.evolve(message="the memory limit does not bound swap: this kernel has no swap accounting "
                                            "for cgroups (memsw / memory.swap.max), so the job may swap beyond it")
         try:
-            attach = None
-            if network.mode == "bridge":  # its address, rules and resolv.conf; its veth once its namespace exists
-                network = self.network.prepare(job_id, network, job_dir, spec.sandbox.hostname)
+            attach, netns_fd, net_field = None, -1, network.mode
+            if network.mode == "bridge":  # its address, rules and resolv.conf; a pooled namespace, or a veth once
+                network, netns_fd = self.network.prepare(job_id, network, job_dir, spec.sandbox.hostname)  # it exists
                 record = record.evolve(spec=replace(record.spec, network=network))
                 sandbox_fields = sandbox_fields + _network_binds(job_dir, resolved.spec.sandbox.rootfs)
                 address = network.address
-                attach = lambda pid: self.network.attach_line(job_id, address, pid)  # noqa: E731
+                if netns_fd >= 0:
+                    net_field = "pooled"
+                else:
+                    attach = lambda pid: self.network.attach_line(job_id, address, pid)  # noqa: E731
             plan = LaunchPlan(self.backend.join_files(job_id), exit_file, self.config.limits.output_cap,
-                              self.hidden_paths, sandbox_fields + [("net", network.mode)], attach)
-            launched = self._launch(resolved, plan, output_fd)
+                              self.hidden_paths, sandbox_fields + [("net", net_field)], attach, netns_fd)
+            try:
+                launched = self._launch(resolved, plan, output_fd)
+            finally:
+                if netns_fd >= 0:
+                    os.close(netns_fd)  # the job's own processes hold it now (or it goes with a failed start)
         except Exception as exc:
             self.backend.kill(job_id)
             self.backend.remove(job_id)
             if network.mode == "bridge":
-                self.network.release(job_id, network.address)
+                self.network.release(job_id, network.address, network.link)
             self._store_and_announce(self._failed(record, str(exc)))
             if isinstance(exc, StartFailed):
                 raise
@@ -520,7 +527,7 @@ class JobManager:
         for callback in running.on_finish:
             callback()
         if bridged:
-            self.network.release_link(job_id)
+            self.network.release_link(job_id, running.record.spec.network.link)
 
     def prune_history(self) -> list[str]:
         """Finished records beyond history.max_records or older than history.max_age go, with their output."""

@@ -77,6 +77,7 @@ class LaunchPlan:
     # Bridge mode: called with the init's host pid once its network namespace exists; returns the line the
     # init configures its veth end from (jobworkerd/launcher/netcfg.py), or raises to fail the start.
     attach: Callable[[int], str] | None = None
+    netns_fd: int = -1  # a prepared network namespace of the pool the job joins (net=pooled), or -1
 
 
 def encode_spec(resolved: ResolvedSpec, plan: LaunchPlan) -> bytes:
@@ -117,10 +118,10 @@ def launch(resolved: ResolvedSpec, plan: LaunchPlan, output_fd: int) -> Launched
     net_r, net_w = os.pipe() if plan.attach else (-1, -1)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", LAUNCHER, str(status_w), str(output_fd), str(net_r)],
+            [sys.executable, "-I", "-S", LAUNCHER, str(status_w), str(output_fd), str(max(net_r, plan.netns_fd))],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            pass_fds=tuple(fd for fd in (status_w, output_fd, net_r) if fd >= 0),
+            pass_fds=tuple(fd for fd in (status_w, output_fd, net_r, plan.netns_fd) if fd >= 0),
             cwd="/",
             env={},
         )
@@ -187,8 +188,9 @@ class ForkServer:
         status_r, status_w = os.pipe()
         spec_r, spec_w = os.pipe()
         net_r, net_w = os.pipe() if plan.attach else (-1, -1)
+        fourth = net_r if net_r >= 0 else plan.netns_fd
         try:
-            self._send([spec_r, output_fd, status_w] + ([net_r] if net_r >= 0 else []))
+            self._send([spec_r, output_fd, status_w] + ([fourth] if fourth >= 0 else []))
         except OSError as exc:
             for fd in (status_r, spec_w, net_w):
                 _close(fd)
@@ -206,6 +208,29 @@ class ForkServer:
         finally:
             os.close(spec_w)
         return _await_outcome(status_r, plan.attach, net_w)
+
+    def hold(self, attach: Callable[[int], str]) -> None:
+        """A prepared network namespace for the pool (the launcher's hold_network): `attach` is called with
+        the holder's pid once the namespace exists and returns the line that sets its eth0 up. Returns once
+        that is done (the holder then exits); raises like a failed start."""
+        status_r, status_w = os.pipe()
+        spec_r, spec_w = os.pipe()
+        net_r, net_w = os.pipe()
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self._send([spec_r, devnull, status_w, net_r])
+        except OSError as exc:
+            for fd in (status_r, spec_w, net_w):
+                os.close(fd)
+            raise ForkServerUnavailable(f"cannot reach the launcher forkserver: {exc.strerror}") from exc
+        finally:
+            for fd in (spec_r, status_w, net_r, devnull):
+                os.close(fd)
+        try:
+            _write_spec(spec_w, b"hold=1\0end=\0")
+        finally:
+            os.close(spec_w)
+        os.close(_await_outcome(status_r, attach, net_w).status_fd)
 
     def _discard(self) -> None:
         if self._sock is not None:

@@ -205,6 +205,11 @@ class JobStore:
             self._reconnect()
             raise InternalError(f"job store {self.path}: cannot allocate an address: {exc}") from exc
 
+    def move_address(self, holder: str, job_id: str) -> None:
+        """A pooled namespace's address becomes the job's that joins it."""
+        with self._lock:
+            self._db.execute("UPDATE addresses SET job_id = ? WHERE job_id = ?", (job_id, holder))
+
     def release_address(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM addresses WHERE job_id = ?", (job_id,))
