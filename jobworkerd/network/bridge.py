@@ -17,6 +17,7 @@ from ..errors import InternalError
 HOST_PREFIX = "jw"  # host ends are jw<job id> (14 characters; IFNAMSIZ allows 15)
 HOST_END = re.compile(r"^jw([0-9a-f]{12})$")
 JOB_END = "eth0"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"  # per network namespace
 
 
 def host_end(job_id: str) -> str:
@@ -53,6 +54,7 @@ class Bridge:
         self._ip = _Netlink()
         self._lock = threading.Lock()  # a job's steps (add, look up, set) together
         self._index: int | None = None
+        self._forwarding_was_off = False  # this daemon turned IPv4 forwarding on: a clean stop turns it off
 
     def setup(self) -> None:
         """The bridge with the gateway address, up; IPv4 forwarding on. Reused when it exists already."""
@@ -66,8 +68,11 @@ class Bridge:
             if str(self.gateway) not in have:
                 self._ip.addr("add", index=self._index, address=str(self.gateway), prefixlen=self.subnet.prefixlen)
             self._ip.link("set", index=self._index, state="up")
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as handle:
-            handle.write("1")
+        with open(IP_FORWARD, "r+") as handle:
+            if handle.read().strip() != "1":
+                handle.seek(0)
+                handle.write("1")
+                self._forwarding_was_off = True
 
     def attach(self, job_id: str, init_pid: int) -> None:
         """A veth pair: jw<job id> on the bridge here, eth0 in the namespace of the job's init."""
@@ -110,6 +115,9 @@ class Bridge:
             found = self._ip.link_lookup(ifname=self.name)
             if found:
                 self._ip.link("del", index=found[0])
+        if self._forwarding_was_off:
+            with open(IP_FORWARD, "w") as handle:
+                handle.write("0")
 
     def close(self) -> None:
         self._ip.close()

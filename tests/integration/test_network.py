@@ -135,6 +135,9 @@ def d(topology, tmp_path_factory):
     yield daemon
     daemon.stop()
     unmount_output_tmpfs(workdir)
+    # A clean stop takes its bridge and tables, and turns IPv4 forwarding back off (it was off before).
+    assert BRIDGE not in host_links() and "jobworkerd" not in nft_tables()
+    assert in_ns(HOST_NS, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
 
 
 def probe(d, *targets: str, who=ADMIN, options=("--net", "bridge")) -> dict:
