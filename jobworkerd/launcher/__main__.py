@@ -20,14 +20,18 @@ Processes and pipes:
       │             fields (jobworkerd/sandbox/plan.py) say what sandbox.py builds
       │  output file fd (the recorded output; only C ever holds it)
       │  status pipe, write end ─────────────────────────────────────────────────────────────┐
+      │  bridge mode: the network pipe's read end, or a prepared namespace (net=pooled)       │
       │                                                                                       │
       │   L: open the exit file and the cgroup's join files (writers on the host's mounts)   │
-      │      ─ unshare(PID|NS|NET|UTS|IPC) ─ mounts private ─ fork ─ report "pid N" ─ exit    │
+      │      ─ [setns pooled] ─ unshare(PID|NS|NET|UTS|IPC) ─ mounts private ─ fork ─         │
+      │      report "pid N" ─ exit                                                            │
       │                                       │                                               │
       │        C: PID 1 of the job, root, stays in the daemon's cgroup: setsid, hostname,     │
-      │           lo up, hide the run and state directories, build the sandbox's filesystem   │
-      │           (sandbox.py: read-only host, own /dev /proc /tmp /run /sys, binds, rootfs), │
-      │           make the output pipe, fork ─────────┐                                       │
+      │           lo up (bridge: eth0 as the network pipe says, once the daemon put the veth  │
+      │           in; netcfg.py), hide the run and state directories, build the sandbox's     │
+      │           filesystem (sandbox.py: read-only host, own /dev /proc /tmp /run /sys,      │
+      │           binds, rootfs), make the output pipe,                                       │
+      │           fork ──────────────────────┐                                                │
       │           copy the output pipe into  │  G: stdout+stderr = the output pipe's write    │
       │           the output file (at most   │     end (stdin /dev/null), join the job's      │
       │           cap bytes), reap all; when │     cgroup, cgroup namespace and its view,     │

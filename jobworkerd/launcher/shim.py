@@ -14,7 +14,8 @@ import struct
 import _signal
 from netcfg import bring_up_loopback, configure, read_assignment
 from sandbox import (
-    Sandbox, bind_run_files, build_filesystem, confine, drop_bounding_set, install_seccomp, mount_cgroup_view, open_bind_sources,
+    Sandbox, bind_run_files, build_filesystem, confine, drop_bounding_set, install_seccomp, mount_cgroup_view,
+    open_bind_sources,
 )
 from syscalls import StepError, hide, lower_soft_nofile, set_hostname
 
