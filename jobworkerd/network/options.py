@@ -1,6 +1,6 @@
 """What a client asks of a job's network (StartJobRequest.network), as the job's record keeps it, and the
-parsing of `--allow` and `--publish`. Plain values: the API, the worker library and the network package
-import this, and it imports none of them."""
+parsing of `--allow` (as the firewall's rules parse it) and `--publish`. Plain values: the API and the
+worker library import this."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
+from .rules import Destination  # no library is loaded by this: libnftables only when a Firewall first runs
 
 MODES = ("none", "bridge", "host")
 PROTOCOLS = ("tcp", "udp")
@@ -72,19 +73,10 @@ def _protocol(text: str, what: str) -> str:
 
 
 def parse_allow(text: str) -> Allow:
-    """CIDR[:PORT[/tcp|udp]], e.g. 10.0.0.0/8, 192.0.2.10:443/tcp, 0.0.0.0/0:53."""
-    spec, protocol = text, ""
-    for name in PROTOCOLS:
-        if text.endswith("/" + name):
-            spec, protocol = text[: -len(name) - 1], name
-    network, colon, port = spec.partition(":")
-    try:
-        net = ipaddress.IPv4Network(network, strict=False)
-    except ValueError:
-        raise InvalidArgument(f"--allow {text!r}: {network!r} is not an IPv4 address or network (CIDR)") from None
-    if protocol and not colon:
-        raise InvalidArgument(f"--allow {text!r}: a protocol needs a port (CIDR:PORT/{protocol})")
-    return Allow(str(net), _port(port, f"--allow {text!r}: port") if colon else 0, protocol)
+    """CIDR[:PORT[/tcp|udp]], e.g. 10.0.0.0/8, 192.0.2.10:443/tcp, 0.0.0.0/0:53: parsed as the firewall's
+    rules take it (rules.Destination), kept as the record's plain value."""
+    destination = Destination.parse(text)
+    return Allow(str(destination.network), destination.port or 0, destination.proto or "")
 
 
 def parse_publish(text: str) -> Publish:

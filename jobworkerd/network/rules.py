@@ -163,7 +163,10 @@ class Destination:
             raise InvalidArgument(f"--allow {text!r}: not an IPv4 address or CIDR: {net!r}") from None
         if not rest:
             return cls(network)
-        return cls(network, _port(port), _proto(proto) if proto else None)
+        try:
+            return cls(network, _port(port), _proto(proto) if proto else None)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"--allow {text!r}: {exc}") from None
 
     def rule(self) -> str:
         """The match part of this destination's accept rule."""

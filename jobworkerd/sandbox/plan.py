@@ -5,6 +5,7 @@ only makes system calls."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from ..config import SandboxConfig, SandboxProfile
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from .options import PRIVILEGED, SECCOMP_CHOICES, Mount, SandboxRequest
+from .seccomp import compile_program
 
 # docker's default capability set (moby's oci/caps/defaults.go): what a root job that is not privileged
 # keeps. Without CAP_SYS_ADMIN it cannot mount, without CAP_SYS_MODULE load modules; CAP_MKNOD is
@@ -117,10 +119,14 @@ def launcher_fields(
     fields += [("cgview", "\t".join(view)) for view in cgroup_view]
     fields += [("cglink", "\t".join(link)) for link in cgroup_links]
     if sandbox.seccomp:
-        from .seccomp import compile_program
-
-        fields.append(("seccomp", compile_program().hex()))
+        fields.append(("seccomp", _seccomp_field()))
     return fields
+
+
+@functools.lru_cache(maxsize=None)
+def _seccomp_field() -> str:
+    """The compiled filter as the spec carries it (hex: the spec's fields are NUL-separated), once."""
+    return compile_program().hex()
 
 
 def _rootfs(path: str) -> str:
