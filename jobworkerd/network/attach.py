@@ -114,10 +114,6 @@ class Network:
                 self._pool.start()
             return self._bridge, self._firewall
 
-    @property
-    def in_use(self) -> bool:
-        return self._bridge is not None
-
     # -- one job ------------------------------------------------------------------------------------------
 
     def prepare(self, job_id: str, request: NetworkRequest, job_dir: str, hostname: str = "") -> tuple[NetworkRequest, int]:
